@@ -1,0 +1,35 @@
+"""Where agetool finds files it does not ship: flags first, then env vars, then defaults.
+
+Nothing is downloaded at run time; every path here is local."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_MODEL_DIR = PACKAGE_DIR / "models"
+DEFAULT_MODEL_FILE = "age_default.onnx"
+
+ENV_MODEL = "AGETOOL_MODEL"
+ENV_DETECTOR = "AGETOOL_DETECTOR"
+ENV_IMAGENET_WEIGHTS = "AGETOOL_IMAGENET_WEIGHTS"
+ENV_RUNS_DIR = "AGETOOL_RUNS_DIR"
+
+
+def default_model_path() -> Path:
+    """$AGETOOL_MODEL, else the model shipped in the package."""
+    env = os.environ.get(ENV_MODEL)
+    return Path(env) if env else DEFAULT_MODEL_DIR / DEFAULT_MODEL_FILE
+
+
+def default_detector_path() -> Path | None:
+    """$AGETOOL_DETECTOR (a YuNet .onnx), else None (the runtime falls back to Haar, with a warning)."""
+    env = os.environ.get(ENV_DETECTOR)
+    return Path(env) if env else None
+
+
+def runs_dir() -> Path:
+    """Training runs (checkpoints, logs) live outside the work tree so --resume finds them."""
+    env = os.environ.get(ENV_RUNS_DIR)
+    return Path(env) if env else Path.home() / ".cache" / "agetool" / "runs"

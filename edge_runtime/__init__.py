@@ -1,0 +1,1 @@
+"""agetool.edge_runtime"""

@@ -1,0 +1,1 @@
+"""agetool.export"""
