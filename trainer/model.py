@@ -1,0 +1,173 @@
+"""Age models: an ImageNet backbone + global average pooling + one Dense age head.
+
+Pure Keras 3 (no TensorFlow import): the same code trains on TensorFlow here and on JAX on a GPU
+box. The backbone's own preprocessing is a layer inside the model, so every saved model takes RGB
+pixels 0..255, as agetool.contract says."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import keras
+from keras import layers, ops
+
+from agetool.contract import INPUT_NAME, OUTPUT_NAME
+from agetool.errors import AgetoolError
+from agetool.paths import ENV_IMAGENET_WEIGHTS
+
+BACKBONES = ("resnet50", "xception", "mobilenetv3", "mobilenetv3small")
+MODEL_NAME = "age_model"
+# The mean age of the training data is a far better first guess than 0: with a ReLU output a
+# head that starts near 0 can die before it learns anything.
+DEFAULT_HEAD_BIAS_YEARS = 30.0
+
+# Keras notop ImageNet files, as keras.applications caches them under ~/.keras/models/.
+IMAGENET_NOTOP_FILES = {
+    "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "xception": "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "mobilenetv3": "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
+    "mobilenetv3small": "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+}
+MIN_INPUT_SIZE = {"resnet50": 32, "xception": 71, "mobilenetv3": 32, "mobilenetv3small": 32}
+
+
+@keras.saving.register_keras_serializable(package="agetool")
+class BackbonePreprocess(layers.Layer):
+    """RGB 0..255 -> what the backbone was trained on ("caffe": BGR minus ImageNet mean;
+    "tf": -1..1; "none": the backbone normalises itself)."""
+
+    CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+    def __init__(self, mode: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "tf", "none"):
+            raise ValueError(f"unknown preprocessing mode {mode!r}")
+        self.mode = mode
+
+    def call(self, x):
+        if self.mode == "caffe":
+            bgr = ops.take(x, [2, 1, 0], axis=-1)
+            return bgr - ops.convert_to_tensor(self.CAFFE_MEAN_BGR, dtype=x.dtype)
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        return x
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode}
+
+
+def resolve_weights(backbone: str, weights: str) -> str | None:
+    """`none` -> None; `imagenet` -> the local notop file (flag, env var, Keras cache); a path ->
+    that file. Nothing is downloaded: a missing file is a clear error saying where to put it."""
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        file_name = IMAGENET_NOTOP_FILES[backbone]
+        candidates = []
+        if os.environ.get(ENV_IMAGENET_WEIGHTS):
+            candidates.append(Path(os.environ[ENV_IMAGENET_WEIGHTS]))
+        keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+        candidates.append(keras_home / "models" / file_name)
+        for candidate in candidates:
+            if candidate.is_file():
+                return str(candidate)
+        raise AgetoolError(
+            f"--weights imagenet: {file_name} not found; put it at {candidates[-1]} or set "
+            f"{ENV_IMAGENET_WEIGHTS}=/path/to/{file_name} (this tool never downloads weights)"
+        )
+    path = Path(weights)
+    if not path.is_file():
+        raise AgetoolError(f"--weights {weights}: file not found (expected imagenet, none or a .h5 path)")
+    return str(path)
+
+
+def _backbone(name: str, input_size: int, weights: str | None) -> tuple[keras.Model, str]:
+    shape = (input_size, input_size, 3)
+    apps = keras.applications
+    if name == "resnet50":
+        return apps.ResNet50(include_top=False, weights=weights, input_shape=shape), "caffe"
+    if name == "xception":
+        return apps.Xception(include_top=False, weights=weights, input_shape=shape), "tf"
+    if name == "mobilenetv3":
+        net = apps.MobileNetV3Large(
+            include_top=False, weights=weights, input_shape=shape, include_preprocessing=True
+        )
+        return net, "none"
+    if name == "mobilenetv3small":
+        net = apps.MobileNetV3Small(
+            include_top=False, weights=weights, input_shape=shape, include_preprocessing=True
+        )
+        return net, "none"
+    raise AgetoolError(f"--backbone {name}: expected one of {', '.join(BACKBONES)}")
+
+
+def build_model(
+    backbone: str = "resnet50",
+    input_size: int = 224,
+    weights: str = "none",
+    head_bias_years: float = DEFAULT_HEAD_BIAS_YEARS,
+    dropout: float = 0.2,
+) -> keras.Model:
+    """Uncompiled age model: input `image` (N, S, S, 3) RGB 0..255 -> `age_years` (N, 1)."""
+    if backbone not in BACKBONES:
+        raise AgetoolError(f"--backbone {backbone}: expected one of {', '.join(BACKBONES)}")
+    if input_size < MIN_INPUT_SIZE[backbone]:
+        raise AgetoolError(
+            f"--input-size {input_size}: {backbone} needs at least {MIN_INPUT_SIZE[backbone]} px"
+        )
+    weights_file = resolve_weights(backbone, weights)
+    net, mode = _backbone(backbone, input_size, weights_file)
+    inputs = keras.Input((input_size, input_size, 3), name=INPUT_NAME)
+    x = BackbonePreprocess(mode, name="backbone_preprocess")(inputs)
+    # Pretrained BatchNorm statistics stay frozen (inference mode) through fine-tuning.
+    x = net(x, training=False) if weights_file else net(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = layers.Dense(
+        1,
+        activation="relu",
+        bias_initializer=keras.initializers.Constant(head_bias_years),
+        name=OUTPUT_NAME,
+    )(x)
+    return keras.Model(inputs, outputs, name=MODEL_NAME)
+
+
+def backbone_of(model: keras.Model) -> keras.Model | None:
+    """The nested backbone sub-model (for freezing in two-stage fine-tuning)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            return layer
+    return None
+
+
+def make_loss(loss: str):
+    losses = {"mse": "mean_squared_error", "mae": "mean_absolute_error", "huber": keras.losses.Huber(delta=5.0)}
+    if loss not in losses:
+        raise AgetoolError(f"--loss {loss}: expected one of {', '.join(losses)}")
+    return losses[loss]
+
+
+def compile_model(model: keras.Model, learning_rate: float = 1e-4, loss: str = "mae") -> keras.Model:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=make_loss(loss),
+        metrics=[keras.metrics.MeanAbsoluteError(name="mae")],
+    )
+    return model
+
+
+def load_keras_model(path: str | Path, compile: bool = False) -> keras.Model:
+    """Load a saved age model; AgetoolError for a missing or non-model file."""
+    path = Path(path)
+    if not path.is_file():
+        raise AgetoolError(f"model {path}: file not found")
+    if path.suffix != ".keras":
+        raise AgetoolError(f"model {path}: expected a .keras file")
+    try:
+        return keras.saving.load_model(path, compile=compile)
+    except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AgetoolError(f"model {path}: not a loadable Keras model ({first[:200]})") from None
