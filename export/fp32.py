@@ -1,0 +1,95 @@
+"""Keras (.keras) -> ONNX FP32 with tf2onnx: input `image` NHWC float32, output `age_years` (N, 1)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from agetool.contract import INPUT_NAME, OUTPUT_NAME
+from agetool.errors import AgetoolError
+
+log = logging.getLogger(__name__)
+
+BATCH_DIM = "N"
+# QDQ per-channel quantization needs opset 13; tf2onnx 1.17 converts up to opset 18.
+MIN_OPSET = 13
+MAX_OPSET = 18
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def load_keras_model(path: Path) -> Any:
+    """Load a Keras 3 `.keras` file (custom agetool layers registered first).
+
+    Raises AgetoolError naming the file when it is missing or not a loadable Keras model."""
+    if not path.is_file():
+        raise AgetoolError(f"model {path}: file not found")
+    if path.suffix != ".keras":
+        raise AgetoolError(f"model {path}: expected a Keras 3 .keras file, got {path.suffix or 'no suffix'}")
+    if not zipfile.is_zipfile(path):
+        raise AgetoolError(f"model {path}: not a Keras 3 .keras file (not a zip archive)")
+    _quiet_tensorflow()
+    try:
+        # Registers the trainer's custom layers (package "agetool") so load_model can rebuild them.
+        import agetool.trainer.model  # noqa: F401
+    except ImportError:
+        log.debug("agetool.trainer.model not importable; loading without its custom layers")
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile, AttributeError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise AgetoolError(f"model {path}: not a loadable Keras model ({first_line})") from None
+    return model
+
+
+def keras_input_size(model: Any, source: Path) -> int:
+    """The square input size S of a model taking (None, S, S, 3) and returning (None, 1)."""
+    in_shape = model.input_shape
+    out_shape = model.output_shape
+    if not isinstance(in_shape, tuple) or len(in_shape) != 4 or in_shape[3] != 3 or in_shape[1] != in_shape[2] or not in_shape[1]:
+        raise AgetoolError(f"model {source}: input shape {in_shape}; expected one (None, S, S, 3) image input")
+    if not isinstance(out_shape, tuple) or tuple(out_shape[1:]) != (1,):
+        raise AgetoolError(f"model {source}: output shape {out_shape}; expected one (None, 1) age output")
+    return int(in_shape[1])
+
+
+def convert_keras(model: Any, input_size: int, opset: int) -> Any:
+    """tf2onnx conversion with a dynamic batch axis; returns an onnx.ModelProto."""
+    _quiet_tensorflow()
+    import tensorflow as tf
+    import tf2onnx
+
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
+    spec = (tf.TensorSpec((None, input_size, input_size, 3), tf.float32, name=INPUT_NAME),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+    return name_io(proto)
+
+
+def name_io(proto: Any) -> Any:
+    """Rename the graph output to `age_years` and name the batch axis `N` on input and output."""
+    graph = proto.graph
+    if len(graph.input) != 1 or len(graph.output) != 1:
+        raise AgetoolError(
+            f"converted graph has {len(graph.input)} inputs and {len(graph.output)} outputs; expected 1 and 1"
+        )
+    if graph.input[0].name != INPUT_NAME:
+        raise AgetoolError(f"converted graph input is {graph.input[0].name!r}; expected {INPUT_NAME!r}")
+    old = graph.output[0].name
+    if old != OUTPUT_NAME:
+        for node in graph.node:
+            node.output[:] = [OUTPUT_NAME if name == old else name for name in node.output]
+            node.input[:] = [OUTPUT_NAME if name == old else name for name in node.input]
+        for info in graph.value_info:
+            if info.name == old:
+                info.name = OUTPUT_NAME
+        graph.output[0].name = OUTPUT_NAME
+    for info in (graph.input[0], graph.output[0]):
+        info.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
+    return proto

@@ -1,0 +1,126 @@
+"""Proof that an exported file still estimates age like its Keras source: max |Δ| on a fixed
+batch, MAE on labelled validation faces (ΔMAE), and a rough CPU latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agetool.contract import AGE_MAX_YEARS, AGE_MIN_YEARS
+from agetool.errors import AgetoolError
+
+FIXED_BATCH_SIZE = 16
+RANDOM_BATCH_SEED = 0
+PREDICT_BATCH = 32
+TIMING_RUNS = 7
+TIMING_WARMUP = 2
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Inputs and the Keras model's outputs that every variant is compared with."""
+
+    fixed_batch: np.ndarray
+    fixed_batch_source: str  # "16 real faces" / "16 random images"
+    fixed_keras_years: np.ndarray
+    val_images: np.ndarray
+    val_ages_years: np.ndarray
+    val_keras_years: np.ndarray
+
+    @property
+    def keras_val_mae(self) -> float | None:
+        return mae(self.val_keras_years, self.val_ages_years) if len(self.val_ages_years) else None
+
+
+@dataclass(frozen=True)
+class Verification:
+    max_abs_diff_years: float
+    keras_mae_years: float | None
+    variant_mae_years: float | None
+    cpu_ms_per_image: float
+
+    @property
+    def delta_mae_years(self) -> float | None:
+        if self.keras_mae_years is None or self.variant_mae_years is None:
+            return None
+        return self.variant_mae_years - self.keras_mae_years
+
+
+def random_batch(input_size: int, count: int = FIXED_BATCH_SIZE) -> np.ndarray:
+    rng = np.random.default_rng(RANDOM_BATCH_SEED)
+    return rng.uniform(0.0, 255.0, size=(count, input_size, input_size, 3)).astype(np.float32)
+
+
+def mae(estimates_years: np.ndarray, true_years: np.ndarray) -> float:
+    """MAE of estimates clipped to the runtime's age range (what the till would show)."""
+    clipped = np.clip(estimates_years, AGE_MIN_YEARS, AGE_MAX_YEARS)
+    return float(np.mean(np.abs(clipped - true_years)))
+
+
+def keras_predict(model: Any, images: np.ndarray) -> np.ndarray:
+    """Raw Keras outputs, shape (N,)."""
+    if len(images) == 0:
+        return np.zeros((0,), dtype=np.float32)
+    parts = [
+        np.asarray(model.predict_on_batch(images[i : i + PREDICT_BATCH])).reshape(-1)
+        for i in range(0, len(images), PREDICT_BATCH)
+    ]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def onnx_predict(session: Any, images: np.ndarray) -> np.ndarray:
+    """Raw ONNX Runtime outputs (unclipped, so parity sees every difference), shape (N,)."""
+    if len(images) == 0:
+        return np.zeros((0,), dtype=np.float32)
+    input_name = session.get_inputs()[0].name
+    parts = [
+        session.run(None, {input_name: images[i : i + PREDICT_BATCH]})[0].reshape(-1)
+        for i in range(0, len(images), PREDICT_BATCH)
+    ]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def cpu_ms_per_image(session: Any, image: np.ndarray) -> float:
+    """Median of a few batch-1 runs after warm-up: a rough figure, not a benchmark."""
+    input_name = session.get_inputs()[0].name
+    one = image[None]
+    for _ in range(TIMING_WARMUP):
+        session.run(None, {input_name: one})
+    times_ms = []
+    for _ in range(TIMING_RUNS):
+        start = time.perf_counter()
+        session.run(None, {input_name: one})
+        times_ms.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times_ms)
+
+
+def verify_file(path: Path, variant: str, input_size: int, reference: Reference) -> Verification:
+    """Open the file the way the till does (OnnxAgeModel, CPU), check its metadata reads back,
+    and compare its outputs with the Keras model's."""
+    from agetool.edge_runtime.infer import OnnxAgeModel
+
+    model = OnnxAgeModel(path, providers="cpu")
+    if model.metadata.variant != variant or model.metadata.input_size != input_size:
+        raise AgetoolError(
+            f"{path.name}: metadata reads back as variant {model.metadata.variant}, input size "
+            f"{model.metadata.input_size}; expected {variant}, {input_size}"
+        )
+    out_shape = model.session.run(None, {model.input_name: reference.fixed_batch[:2]})[0].shape
+    if out_shape != (2, 1):
+        raise AgetoolError(f"{path.name}: output shape {out_shape} for a batch of 2; expected (2, 1)")
+    fixed_years = onnx_predict(model.session, reference.fixed_batch)
+    max_abs_diff = float(np.max(np.abs(fixed_years - reference.fixed_keras_years)))
+    variant_mae = None
+    if len(reference.val_images):
+        variant_mae = mae(onnx_predict(model.session, reference.val_images), reference.val_ages_years)
+    return Verification(
+        max_abs_diff_years=max_abs_diff,
+        keras_mae_years=reference.keras_val_mae,
+        variant_mae_years=variant_mae,
+        cpu_ms_per_image=cpu_ms_per_image(model.session, reference.fixed_batch[0]),
+    )
