@@ -1,0 +1,128 @@
+"""The HTTP API the POS and the monitoring call (FastAPI, served by uvicorn in a thread).
+
+Loopback by default; binding anything else needs a bearer token. Answers carry ages and
+decisions only. Imported only when the daemon starts (FastAPI is not a light import)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+
+from agetool import __version__
+from agetool.edge_runtime.config import is_loopback
+from agetool.edge_runtime.decide import Decision
+from agetool.errors import AgetoolError
+
+if TYPE_CHECKING:
+    from agetool.edge_runtime.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+API_TITLE = "agetool register daemon"
+
+
+def create_app(daemon: "Daemon", bearer_token: str | None = None) -> "FastAPI":
+    """The FastAPI app over a started Daemon. With a token, every route but /healthz needs it."""
+    from agetool.edge_runtime.daemon import UnknownLane
+
+    token = bearer_token if bearer_token is not None else daemon.config.api.bearer_token
+
+    def require_token(request: Request) -> None:
+        if token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), token.encode()):
+            raise HTTPException(status_code=401, detail="bearer token required",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    guarded = [Depends(require_token)]
+    # No /docs or /redoc: they pull JavaScript from a CDN a till PC cannot (and should not) reach.
+    app = FastAPI(title=API_TITLE, version=__version__, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json")
+
+    @app.exception_handler(UnknownLane)
+    async def _unknown_lane(_request: Request, exc: UnknownLane) -> JSONResponse:
+        return JSONResponse(status_code=404, content={"detail": f"unknown lane {exc.args[0]!r}",
+                                                      "lanes": list(daemon.lanes)})
+
+    @app.get("/healthz", summary="The process is up.")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "uptime_s": round(time.time() - daemon.started_wall_s, 1)}
+
+    @app.get("/readyz", summary="Model loaded and every lane's source giving frames (503 otherwise).",
+             dependencies=guarded)
+    def readyz() -> JSONResponse:
+        ready, details = daemon.readiness()
+        return JSONResponse(status_code=200 if ready else 503, content=details)
+
+    @app.get("/metrics", summary="Prometheus metrics.", dependencies=guarded)
+    def metrics() -> Response:
+        body, content_type = daemon.metrics.exposition()
+        return Response(content=body, media_type=content_type)
+
+    @app.get("/v1/lanes", summary="Every lane's capture status.", dependencies=guarded)
+    def lanes() -> list[dict[str, Any]]:
+        return [daemon.lane_status(name) for name in daemon.lanes]
+
+    @app.get("/v1/lanes/{lane}", summary="One lane's capture status.", dependencies=guarded)
+    def lane_status(lane: str) -> dict[str, Any]:
+        return daemon.lane_status(lane)
+
+    @app.get("/v1/lanes/{lane}/current", response_model=Decision, dependencies=guarded,
+             summary="The decision for the shopper in view now (not counted as a check).")
+    def current(lane: str) -> Decision:
+        return daemon.current(lane)
+
+    @app.post("/v1/lanes/{lane}/check", response_model=Decision, dependencies=guarded,
+              summary="The POS asks at the moment alcohol is scanned: ask for ID or not.")
+    def check(lane: str) -> Decision:
+        return daemon.check(lane)
+
+    return app
+
+
+class ApiServer:
+    """uvicorn in a background thread; refuses a non-loopback bind without a token."""
+
+    def __init__(self, app: Any, host: str, port: int, bearer_token: str | None) -> None:
+        import uvicorn
+
+        if not is_loopback(host) and not bearer_token:
+            raise AgetoolError(f"api.host {host}: not loopback, so api.bearer_token is required; refusing to start")
+        self.host = host
+        self.port = port
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                lifespan="off", server_header=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._serve, name="api", daemon=True)
+        self._failed: BaseException | None = None
+
+    def _serve(self) -> None:
+        try:
+            self._server.run()
+        except SystemExit as exc:  # uvicorn exits this way when it cannot bind
+            self._failed = exc
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise AgetoolError(f"api: cannot listen on {self.host}:{self.port} (port in use or address not local?)")
+            time.sleep(0.02)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread.ident is not None:
+            self._thread.join(10.0)

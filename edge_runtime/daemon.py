@@ -1,0 +1,383 @@
+"""The register daemon: lanes -> detection -> batched inference -> tracks -> decisions, with the API,
+events, analytics and metrics around it.
+
+Threads: one reader per lane, a watchdog, one processing thread (detects on each lane's next frame
+and runs ONE batched inference over the faces of all busy lanes), the analytics flusher, the
+webhook sender and the API server. SIGTERM / SIGINT stop readers, flush analytics, exit 0."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import statistics
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from agetool.contract import age_band
+from agetool.edge_runtime.analytics import BandAnalytics
+from agetool.edge_runtime.config import DaemonConfig, LaneConfig
+from agetool.edge_runtime.decide import Decision, decide
+from agetool.edge_runtime.detect import FaceBox, FaceDetector, choose_face, crop_face_rgb, make_detector
+from agetool.edge_runtime.events import EventSink
+from agetool.edge_runtime.sources import DropOldestQueue, Frame, LaneReader, Watchdog, mask_url
+from agetool.edge_runtime.track import LaneTracker, model_uncertainty_years
+from agetool.errors import AgetoolError
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+LATENCY_SAMPLES = 1000
+
+
+class UnknownLane(KeyError):
+    """The API turns this into 404."""
+
+
+@dataclass
+class LaneRuntime:
+    """Everything the daemon holds for one lane."""
+
+    config: LaneConfig
+    queue: DropOldestQueue
+    reader: LaneReader
+    detector: FaceDetector
+    tracker: LaneTracker
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    frames_processed: int = 0
+    frames_with_face: int = 0
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+
+    def latency_percentiles_ms(self) -> dict[str, float | None]:
+        samples = sorted(self.latencies_ms)
+        if not samples:
+            return {"p50": None, "p95": None}
+        if len(samples) == 1:
+            return {"p50": round(samples[0], 2), "p95": round(samples[0], 2)}
+        cuts = statistics.quantiles(samples, n=100, method="inclusive")
+        return {"p50": round(cuts[49], 2), "p95": round(cuts[94], 2)}
+
+
+class DaemonMetrics:
+    """Prometheus metrics in this daemon's own registry (tests run several daemons in one process)."""
+
+    def __init__(self, daemon: "Daemon") -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.inference_seconds = Histogram(
+            "agetool_inference_seconds", "Age model latency per batch.", buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.frame_to_decision_seconds = Histogram(
+            "agetool_frame_to_decision_seconds", "Capture of a frame to its decision being available.",
+            ["lane"], buckets=LATENCY_BUCKETS_S, registry=self.registry,
+        )
+        self.decisions = Counter(
+            "agetool_decisions", "Decisions answered to the POS.", ["lane", "outcome", "reason"],
+            registry=self.registry,
+        )
+        self.registry.register(_LaneCollector(daemon))
+
+    def exposition(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _LaneCollector:
+    """Reads lane counters at scrape time, so readers never touch Prometheus objects."""
+
+    def __init__(self, daemon: "Daemon") -> None:
+        self.daemon = daemon
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        fps = GaugeMetricFamily("agetool_lane_fps", "Frames per second read from the source.", labels=["lane"])
+        online = GaugeMetricFamily("agetool_lane_online", "1 when the lane's source gives frames.", labels=["lane"])
+        dropped = CounterMetricFamily(
+            "agetool_lane_frames_dropped", "Frames dropped because the lane queue was full.", labels=["lane"]
+        )
+        read = CounterMetricFamily("agetool_lane_frames_read", "Frames read from the source.", labels=["lane"])
+        processed = CounterMetricFamily(
+            "agetool_lane_frames_processed", "Frames run through detection.", labels=["lane"]
+        )
+        for lane in self.daemon.lanes.values():
+            state = lane.reader.state
+            fps.add_metric([lane.config.name], state.fps if state.online else 0.0)
+            online.add_metric([lane.config.name], 1.0 if state.online else 0.0)
+            dropped.add_metric([lane.config.name], float(lane.queue.dropped))
+            read.add_metric([lane.config.name], float(state.frames_read))
+            processed.add_metric([lane.config.name], float(lane.frames_processed))
+        ready = GaugeMetricFamily("agetool_model_ready", "1 when the age model is loaded and warmed up.")
+        ready.add_metric([], 1.0 if self.daemon.model is not None else 0.0)
+        yield from (fps, online, dropped, read, processed, ready)
+
+
+class Daemon:
+    """The register daemon. start() brings everything up; stop() takes it down cleanly."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.model = None
+        self.policy = None
+        self.model_mae_years = 0.0
+        self.lanes: dict[str, LaneRuntime] = {}
+        self.metrics = DaemonMetrics(self)
+        self.events: EventSink | None = None
+        self.analytics: BandAnalytics | None = None
+        self.api_server = None
+        self._watchdog: Watchdog | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._processor = threading.Thread(target=self._process_loop, name="processor", daemon=True)
+        self.started_wall_s = time.time()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        from agetool.edge_runtime.pipeline import load_model
+
+        cfg = self.config
+        if cfg.debug_save_crops:
+            log.warning(
+                "DEBUG: debug_save_crops is ON: face crops are written to %s. Never leave this on in a store.",
+                cfg.debug_crops_dir,
+            )
+        self.events = EventSink(
+            cfg.events.jsonl, cfg.events.webhook_url, cfg.events.webhook_timeout_s,
+            cfg.events.webhook_max_retries, cfg.events.webhook_backoff_s,
+        )
+        self.analytics = BandAnalytics(cfg.analytics.sqlite_path, cfg.analytics.flush_interval_s)
+        self.model = load_model(cfg.model.resolved_path(), cfg.model.providers, cfg.model.intra_op_threads)
+        self.policy = cfg.policy.to_policy(self.model.metadata.id_check_buffer_years)
+        self.model_mae_years = model_uncertainty_years(self.model.metadata)
+        log.info(
+            "policy: ID check when the lower bound is under %.1f years (policy %.0f + buffer %.1f); "
+            "uncertainty at least %.1f years",
+            self.policy.threshold_years, self.policy.policy_age_years, self.policy.buffer_years, self.model_mae_years,
+        )
+        detector_path = cfg.detector.resolved_path()
+        for index, lane_cfg in enumerate(cfg.lanes):
+            queue = DropOldestQueue(cfg.capture.queue_size, self._wake)
+            reader = LaneReader(
+                lane_cfg.name, lane_cfg.source, lane_cfg.fps, queue,
+                cfg.capture.reopen_backoff_initial_s, cfg.capture.reopen_backoff_max_s,
+                on_status=self._on_lane_status,
+            )
+            detector = (make_detector if index == 0 else FaceDetector)(
+                detector_path, cfg.detector.score_threshold, cfg.detector.min_face_px
+            )
+            tracker = LaneTracker(
+                cfg.tracking.iou_threshold, cfg.tracking.smoothing_window, cfg.tracking.track_timeout_s,
+                self.model_mae_years,
+            )
+            self.lanes[lane_cfg.name] = LaneRuntime(lane_cfg, queue, reader, detector, tracker)
+            log.info("lane %s: source %s at <= %.1f fps", lane_cfg.name, mask_url(lane_cfg.source), lane_cfg.fps)
+        self.events.start()
+        self.analytics.start()
+        self._processor.start()
+        for lane in self.lanes.values():
+            lane.reader.start()
+        self._watchdog = Watchdog(
+            [lane.reader for lane in self.lanes.values()], cfg.capture.stall_timeout_s, cfg.capture.watchdog_interval_s
+        )
+        self._watchdog.start()
+        from agetool.edge_runtime.api import ApiServer, create_app
+
+        self.api_server = ApiServer(create_app(self), cfg.api.host, cfg.api.port, cfg.api.bearer_token)
+        self.api_server.start()
+        log.info("agetool daemon serving on http://%s:%d (%d lane(s))", cfg.api.host, self.api_server.port, len(self.lanes))
+
+    def stop(self) -> None:
+        """Stop readers and workers, count the shoppers still in view, flush analytics."""
+        self._stop.set()
+        self._wake.set()
+        if self.api_server is not None:
+            self.api_server.stop()
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        for lane in self.lanes.values():
+            lane.reader.stop()
+        if self._processor.is_alive():
+            self._processor.join(10.0)
+        for lane in self.lanes.values():
+            with lane.lock:
+                closed = lane.tracker.close_all()
+            self._count_shoppers(lane, closed)
+        if self.analytics is not None:
+            self.analytics.stop()
+            log.info("analytics flushed to %s (%d shopper count(s) this run)",
+                     self.analytics.sqlite_path, self.analytics.flushed_total)
+        if self.events is not None:
+            self.events.close()
+
+    # --- processing --------------------------------------------------------------------------
+    def _process_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.1)
+            self._wake.clear()
+            while not self._stop.is_set():
+                batch = [(lane, frame) for lane in self.lanes.values() if (frame := lane.queue.get_nowait())]
+                if not batch:
+                    break
+                try:
+                    self.process_batch(batch)
+                except AgetoolError as exc:
+                    log.error("frame skipped: %s", exc)
+            self._expire_tracks()
+
+    def process_batch(self, batch: list[tuple[LaneRuntime, Frame]]) -> None:
+        """Detect on one frame per lane, run one batched inference, update tracks."""
+        owners: list[tuple[LaneRuntime, Frame, FaceBox]] = []
+        crops = []
+        for lane, frame in batch:
+            h, w = frame.image_bgr.shape[:2]
+            face = choose_face(lane.detector.detect(frame.image_bgr), w, h)
+            lane.frames_processed += 1
+            if face is None:
+                self._record_latency(lane, frame)
+                continue
+            crop = crop_face_rgb(frame.image_bgr, face)
+            if self.config.debug_save_crops:
+                self._save_debug_crop(lane.config.name, frame.index, crop)
+            owners.append((lane, frame, face))
+            crops.append(crop)
+        if not crops:
+            return
+        started = time.perf_counter()
+        ages = self.model.predict_rgb(crops)
+        self.metrics.inference_seconds.observe(time.perf_counter() - started)
+        for (lane, frame, face), age_years in zip(owners, ages):
+            with lane.lock:
+                lane.tracker.update(face, float(age_years), frame.captured_s, frame.captured_wall_s)
+                lane.frames_with_face += 1
+            self._record_latency(lane, frame)
+
+    def _record_latency(self, lane: LaneRuntime, frame: Frame) -> None:
+        latency_s = time.monotonic() - frame.captured_s
+        lane.latencies_ms.append(latency_s * 1000.0)
+        self.metrics.frame_to_decision_seconds.labels(lane.config.name).observe(latency_s)
+
+    def _expire_tracks(self) -> None:
+        now_s = time.monotonic()
+        for lane in self.lanes.values():
+            with lane.lock:
+                gone = lane.tracker.expire(now_s)
+            self._count_shoppers(lane, gone)
+
+    def _count_shoppers(self, lane: LaneRuntime, tracks: list[Any]) -> None:
+        for track in tracks:
+            estimate = track.estimate(self.model_mae_years)
+            band = age_band(estimate.age_years)
+            if self.analytics is not None:
+                self.analytics.record(lane.config.name, band, track.first_seen_wall_s)
+            if self.events is not None:
+                self.events.emit(
+                    "shopper_left", lane=lane.config.name, track_id=track.track_id, band=band,
+                    age_years=round(estimate.age_years, 2), n_estimates=estimate.n_estimates,
+                )
+
+    def _save_debug_crop(self, lane: str, index: int, crop_rgb: Any) -> None:
+        import cv2
+
+        folder = Path(self.config.debug_crops_dir)  # validated non-None when the switch is on
+        folder.mkdir(parents=True, exist_ok=True)
+        ok, encoded = cv2.imencode(".jpg", crop_rgb[..., ::-1])
+        if not ok:
+            return
+        fd, tmp = tempfile.mkstemp(prefix=".crop-", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(encoded.tobytes())
+        os.replace(tmp, folder / f"{lane}-{index:08d}.jpg")
+
+    def _on_lane_status(self, lane: str, online: bool, error: str | None) -> None:
+        if self.events is not None:
+            self.events.emit("lane_online" if online else "lane_offline", lane=lane, error=error)
+
+    # --- queries (API) ---------------------------------------------------------------------
+    def _lane(self, name: str) -> LaneRuntime:
+        try:
+            return self.lanes[name]
+        except KeyError:
+            raise UnknownLane(name) from None
+
+    def current(self, lane_name: str) -> Decision:
+        """The decision for the shopper in view now (no event, no count)."""
+        lane = self._lane(lane_name)
+        now_s, wall_s = time.monotonic(), time.time()
+        with lane.lock:
+            track = lane.tracker.current(now_s)
+            estimate = track.estimate(self.model_mae_years) if track is not None else None
+            track_id = track.track_id if track is not None else None
+        return decide(lane.config.name, estimate, track_id, self.policy, wall_s)
+
+    def check(self, lane_name: str) -> Decision:
+        """What the POS asks when alcohol is scanned: the current decision, counted and emitted."""
+        decision = self.current(lane_name)
+        outcome = "id_check_required" if decision.id_check_required else "no_id_check"
+        self.metrics.decisions.labels(decision.lane, outcome, decision.reason).inc()
+        if self.events is not None:
+            self.events.emit("check", **decision.model_dump())
+        return decision
+
+    def lane_status(self, lane_name: str) -> dict[str, Any]:
+        lane = self._lane(lane_name)
+        state = lane.reader.state
+        return {
+            "lane": lane.config.name,
+            "source": mask_url(lane.config.source),
+            "online": state.online,
+            "fps": round(state.fps, 2) if state.online else 0.0,
+            "fps_limit": lane.config.fps,
+            "frames_read": state.frames_read,
+            "frames_dropped": lane.queue.dropped,
+            "frames_processed": lane.frames_processed,
+            "frames_with_face": lane.frames_with_face,
+            "live_tracks": lane.tracker.live_count,
+            "last_error": state.last_error,
+            "frame_to_decision_ms": lane.latency_percentiles_ms(),
+        }
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when the model is loaded and every lane's source gives frames."""
+        lanes = {name: lane.reader.state.online for name, lane in self.lanes.items()}
+        model_ready = self.model is not None
+        details = {
+            "ready": model_ready and bool(lanes) and all(lanes.values()),
+            "model": {"ready": model_ready, "path": str(self.config.model.resolved_path().name),
+                      "provider": getattr(self.model, "provider", None)},
+            "lanes": lanes,
+        }
+        return details["ready"], details
+
+
+def serve_forever(config: DaemonConfig) -> int:
+    """Run the daemon until SIGTERM / SIGINT; then stop readers, flush analytics, return 0."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("%s received: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    daemon = Daemon(config)
+    try:
+        daemon.start()
+        while not stop.wait(0.5):
+            if not daemon.api_server.alive:
+                log.error("the API server stopped unexpectedly; shutting down")
+                return 1
+        return 0
+    finally:
+        daemon.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
