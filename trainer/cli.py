@@ -1,14 +1,183 @@
-"""Placeholder; the trainer issue fills this in."""
+"""`agetool data inspect|split`, `agetool train`, `agetool evaluate`: parse options, call one
+library function, print the result. Everything heavy (pandas, OpenCV, TensorFlow, ONNX Runtime)
+is imported inside the commands so `agetool --help` stays fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+
+from agetool.errors import ConfigError
 
 data_app = typer.Typer(help="Inspect and split face data sets.", no_args_is_help=True)
 
-
-def train() -> None:
-    """Train an age model (not yet implemented)."""
-    raise typer.Exit(1)
+DATA_DIRS_HELP = "Face data folders: seeds' layout (labels.csv + final_files/) or APPA-REAL."
 
 
-def evaluate() -> None:
-    """Evaluate an age model (not yet implemented)."""
-    raise typer.Exit(1)
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+@data_app.command("inspect")
+def inspect(
+    data_dirs: List[Path] = typer.Argument(..., help=DATA_DIRS_HELP),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Write summary.json, age_histogram.png and sample_faces.png here."
+    ),
+    workers: int = typer.Option(4, "--workers", min=1, max=64, help="Decoding threads."),
+) -> None:
+    """Count images, find missing / duplicate / corrupt files, summarise the ages."""
+    from agetool.trainer.inspect import inspect_data, summary_table
+
+    summary = inspect_data(data_dirs, out_dir=out, workers=workers, show_progress=True)
+    console = _console()
+    console.print(summary_table(summary))
+    for name, path in summary.outputs.items():
+        console.print(f"wrote {name}: {path}")
+
+
+@data_app.command("split")
+def split(
+    data_dirs: List[Path] = typer.Argument(..., help=DATA_DIRS_HELP),
+    out: Path = typer.Option(..., "--out", help="Split file to write (CSV: dataset,file_name,real_age,split)."),
+    seed: int = typer.Option(42, "--seed", help="Same seed + same folders = same split, on any machine."),
+    val: float = typer.Option(0.15, "--val", help="Share of each age band for validation."),
+    test: float = typer.Option(0.15, "--test", help="Share of each age band for test."),
+) -> None:
+    """Write a deterministic train/val/test split, stratified by age band."""
+    from rich.table import Table
+
+    from agetool.contract import BAND_NAMES, age_band
+    from agetool.trainer.data import SPLITS, split_datasets
+
+    rows = split_datasets(data_dirs, out, seed, val, test)
+    bands = rows["real_age"].map(age_band)
+    table = Table(title=f"split of {len(rows)} images (seed {seed}) -> {out}")
+    table.add_column("band")
+    for name in SPLITS:
+        table.add_column(name, justify="right")
+    for band in (*BAND_NAMES, "all"):
+        members = rows if band == "all" else rows[bands == band]
+        table.add_row(band, *(str(int((members["split"] == name).sum())) for name in SPLITS))
+    _console().print(table)
+
+
+def train(
+    data_dirs: List[Path] = typer.Argument(..., help=DATA_DIRS_HELP),
+    out: Path = typer.Option(..., "--out", help="Folder for model.keras, model_card.json and split.csv."),
+    backbone: str = typer.Option("resnet50", "--backbone", help="resnet50 | xception | mobilenetv3 | mobilenetv3small"),
+    weights: str = typer.Option(
+        "none", "--weights", help="imagenet (local Keras notop file) | none | PATH to a notop .h5"
+    ),
+    input_size: int = typer.Option(224, "--input-size", help="Square input in pixels (128 suits CPU runs)."),
+    epochs: int = typer.Option(30, "--epochs"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    learning_rate: float = typer.Option(1e-4, "--lr", help="Adam learning rate."),
+    loss: str = typer.Option("mae", "--loss", help="mse | mae | huber"),
+    split_file: Optional[Path] = typer.Option(None, "--split", help="Reuse this split file (from `agetool data split`)."),
+    seed: int = typer.Option(42, "--seed"),
+    no_augment: bool = typer.Option(False, "--no-augment", help="Turn off flips / shifts / brightness."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in the run folder after a kill."),
+    max_images: Optional[int] = typer.Option(None, "--max-images", help="Use at most this many training images."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Checkpoints and logs (default ~/.cache/agetool/runs/<out name>)."),
+) -> None:
+    """Train an age model (ResNet50 by default) and save model.keras + model_card.json."""
+    from agetool.trainer.train import train as run_training
+
+    config = make_train_config(
+        data_dirs=data_dirs,
+        out_dir=out,
+        backbone=backbone,
+        weights=weights,
+        input_size=input_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        loss=loss,
+        split_file=split_file,
+        seed=seed,
+        augment=not no_augment,
+        resume=resume,
+        max_images=max_images,
+        run_dir=run_dir,
+    )
+    result = run_training(config)
+    console = _console()
+    console.print(f"model: {result.model_path}")
+    console.print(f"card: {result.card_path}")
+    console.print(
+        f"best val MAE {result.best_val_mae:.2f} years after {result.epochs_run} epochs, {result.wall_time_s:.0f} s"
+    )
+
+
+# TrainConfig field -> the option that sets it, for one-line error messages.
+TRAIN_OPTION_NAMES = {
+    "data_dirs": "DATA_DIRS",
+    "out_dir": "--out",
+    "learning_rate": "--lr",
+    "split_file": "--split",
+    "augment": "--no-augment",
+}
+
+
+def make_train_config(**fields):
+    """TrainConfig from CLI values; a bad value becomes one ConfigError line naming the option."""
+    from pydantic import ValidationError
+
+    from agetool.trainer.train import TrainConfig
+
+    try:
+        return TrainConfig(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "config"
+        option = TRAIN_OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+        raise ConfigError(f"{option}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+def evaluate(
+    model: Optional[Path] = typer.Option(
+        None, "--model", help=".onnx or .keras model (default: $AGETOOL_MODEL, else the shipped model)."
+    ),
+    images: Path = typer.Option(
+        ..., "--images", help="Folder of face crops; or a data folder with labels.csv inside (then no --labels)."
+    ),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV with file_name,real_age for --images."),
+    split_file: Optional[Path] = typer.Option(None, "--split", help="Split file: evaluate only --subset of it."),
+    subset: Optional[str] = typer.Option(None, "--subset", help="val | test (default test with --split)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
+    predictions_out: Optional[Path] = typer.Option(
+        None, "--predictions", help="Write per-image real and estimated ages (CSV) here."
+    ),
+    flip: bool = typer.Option(False, "--flip", help="Average each face with its mirror image."),
+    buffer: float = typer.Option(0.0, "--buffer", help="Challenge-25 buffer in years: threshold = 25 + buffer."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    providers: str = typer.Option("auto", "--providers", help="ONNX Runtime providers: auto, cpu, cuda, tensorrt."),
+    workers: int = typer.Option(4, "--workers", min=1, max=64, help="Decoding threads."),
+) -> None:
+    """Score a model's age estimates: MAE, RMSE, per-band error, Challenge-25 rates."""
+    from agetool.trainer.evaluate import default_model_or_error, evaluate_folder, report_table
+
+    report = evaluate_folder(
+        model if model is not None else default_model_or_error(),
+        images,
+        labels,
+        split_file=split_file,
+        subset=subset,
+        json_out=json_out,
+        predictions_out=predictions_out,
+        batch_size=batch_size,
+        flip=flip,
+        buffer_years=buffer,
+        providers=providers,
+        workers=workers,
+        show_progress=True,
+    )
+    console = _console()
+    console.print(report_table(report))
+    if json_out is not None:
+        console.print(f"wrote {json_out}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ class Problem:
     dataset: str
     file_name: str
     reason: str
+    # missing | duplicate | bad_label | corrupt | unlabelled | other: lets reports count by kind
+    kind: str = "other"
 
 
 # --- Layouts -----------------------------------------------------------------------------------
@@ -56,7 +59,8 @@ def detect_layout(folder: Path) -> str:
 def read_dataset(folder: str | Path) -> tuple[pd.DataFrame, list[Problem]]:
     """Rows with columns dataset, file_name, path, real_age (+ `split` for APPA-REAL), and the
     problems found. `dataset` is the folder's name: it keys the split across machines."""
-    folder = Path(folder)
+    # abspath, not resolve: `.` or `faces/` still get their real name, symlinks keep theirs
+    folder = Path(os.path.abspath(folder))
     if not folder.is_dir():
         raise AgetoolError(f"{folder}: data folder not found")
     layout = detect_layout(folder)
@@ -68,7 +72,9 @@ def read_dataset(folder: str | Path) -> tuple[pd.DataFrame, list[Problem]]:
 def read_datasets(folders: Sequence[str | Path]) -> tuple[pd.DataFrame, list[Problem]]:
     """Several folders read as one set (their names must differ)."""
     frames, problems = [], []
-    names = [Path(f).name for f in folders]
+    if not folders:
+        raise AgetoolError("data folders: give at least one folder")
+    names = [Path(os.path.abspath(f)).name for f in folders]
     if len(set(names)) != len(names):
         raise AgetoolError(f"data folders: names must differ to key the split, got {names}")
     for folder in folders:
@@ -102,20 +108,22 @@ def _clean_rows(
         try:
             age = float(raw_age)
         except ValueError:
-            problems.append(Problem(dataset, file_name, f"age {raw_age!r} is not a number"))
+            problems.append(Problem(dataset, file_name, f"age {raw_age!r} is not a number", "bad_label"))
             continue
         if not np.isfinite(age) or age < 0 or age > AGE_MAX_YEARS:
-            problems.append(Problem(dataset, file_name, f"age {raw_age!r} outside 0..{AGE_MAX_YEARS:g}"))
+            problems.append(
+                Problem(dataset, file_name, f"age {raw_age!r} outside 0..{AGE_MAX_YEARS:g}", "bad_label")
+            )
             continue
         if file_name in seen:
-            problems.append(Problem(dataset, file_name, "duplicate row in labels"))
+            problems.append(Problem(dataset, file_name, "duplicate row in labels", "duplicate"))
             continue
         path = image_dir / file_name
         if Path(file_name).is_absolute() or ".." in Path(file_name).parts:
-            problems.append(Problem(dataset, file_name, "file name escapes the image folder"))
+            problems.append(Problem(dataset, file_name, "file name escapes the image folder", "bad_label"))
             continue
         if not path.is_file():
-            problems.append(Problem(dataset, file_name, "file missing on disk"))
+            problems.append(Problem(dataset, file_name, "file missing on disk", "missing"))
             continue
         seen.add(file_name)
         keep.append({"dataset": dataset, "file_name": file_name, "path": str(path), "real_age": age})
@@ -150,7 +158,28 @@ def _read_appa_real(folder: Path) -> tuple[pd.DataFrame, list[Problem]]:
         df["split"] = ours
         frames.append(df)
         problems.extend(found)
+    if not frames:
+        raise AgetoolError(f"{folder}: no gt_avg_train/valid/test.csv found (APPA-REAL layout)")
     return pd.concat(frames, ignore_index=True), problems
+
+
+def read_labelled_images(
+    image_dir: str | Path, labels_csv: str | Path, dataset: str | None = None
+) -> tuple[pd.DataFrame, list[Problem]]:
+    """A plain folder of face crops plus a file_name,real_age CSV (any names, any places).
+
+    `dataset` defaults to the folder's name, or its parent's when the folder is `final_files/`,
+    so the rows key the same split as reading the parent in the seeds' layout."""
+    image_dir, labels_csv = Path(image_dir), Path(labels_csv)
+    if not image_dir.is_dir():
+        raise AgetoolError(f"{image_dir}: image folder not found")
+    if not labels_csv.is_file():
+        raise AgetoolError(f"{labels_csv}: labels file not found (CSV with file_name,real_age expected)")
+    if dataset is None:
+        resolved = image_dir.resolve()
+        dataset = resolved.parent.name if resolved.name == "final_files" else resolved.name
+    labels = _read_csv(labels_csv, ["file_name", "real_age"])
+    return _clean_rows(labels, dataset, image_dir, "real_age")
 
 
 # --- Images ------------------------------------------------------------------------------------
@@ -244,13 +273,41 @@ def make_split(
     return df
 
 
+def split_datasets(
+    folders: Sequence[str | Path],
+    out_path: str | Path,
+    seed: int = DEFAULT_SEED,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+) -> pd.DataFrame:
+    """`agetool data split`: read the folders, split them, write the split file; returns the rows."""
+    rows, problems = read_datasets(folders)
+    for problem in problems[:20]:
+        log.warning("skipped %s/%s: %s", problem.dataset, problem.file_name, problem.reason)
+    if rows.empty:
+        raise AgetoolError(f"data folders {', '.join(map(str, folders))}: no usable labelled image to split")
+    rows = make_split(rows, seed, val_fraction, test_fraction)
+    write_split(rows, out_path)
+    return rows
+
+
 def write_split(df: pd.DataFrame, path: str | Path) -> Path:
     """Write dataset,file_name,real_age,split atomically (temp file, then rename)."""
+    text = df[["dataset", "file_name", "real_age", "split"]].to_csv(index=False)
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write to a temp name beside `path`, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df[["dataset", "file_name", "real_age", "split"]].to_csv(tmp, index=False)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise AgetoolError(f"{path}: cannot write ({exc.strerror})") from None
     return path
 
 

@@ -1,0 +1,482 @@
+"""`agetool evaluate`: how far off a model's ages are, overall, per age band, and for Challenge 25.
+
+One core, `evaluate_model(model_path, rows)`, for a `.keras` or an `.onnx` model; the CLI, the
+benchmarks and the default-model work all call it. `evaluate_predictions` scores ages that were
+estimated elsewhere, and `choose_buffer` picks the Challenge-25 buffer on a validation set.
+Images here are already face crops: no detector runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from agetool.contract import (
+    AGE_MAX_YEARS,
+    AGE_MIN_YEARS,
+    BAND_NAMES,
+    DEFAULT_POLICY_AGE_YEARS,
+    age_band,
+    challenge25_rates,
+)
+from agetool.errors import AgetoolError
+from agetool.trainer.data import (
+    Problem,
+    apply_split,
+    atomic_write_bytes,
+    load_faces,
+    read_dataset,
+    read_labelled_images,
+)
+
+log = logging.getLogger(__name__)
+
+MODEL_SUFFIXES = (".onnx", ".keras")
+DECODE_CHUNK = 256
+BUFFER_STEP_YEARS = 0.5
+MAX_BUFFER_YEARS = 20.0
+
+
+# --- Metrics -----------------------------------------------------------------------------------
+class Challenge25Rates(BaseModel):
+    buffer_years: float
+    threshold_years: float
+    minors_passed_rate: float | None = Field(description="true age < 18 estimated >= threshold")
+    adults_checked_rate: float | None = Field(description="true age >= 25 estimated < threshold")
+
+
+class AgeMetrics(BaseModel):
+    """Error of estimated against real ages. Rates are None when the set has no minors / adults."""
+
+    n: int
+    mae: float
+    rmse: float
+    mean_bias: float = Field(description="mean of estimated - real age (positive: looks older)")
+    median_abs_error: float
+    mae_by_band: dict[str, float | None]
+    bias_by_band: dict[str, float | None]
+    count_by_band: dict[str, int]
+    policy_age_years: float
+    buffer_years: float
+    threshold_years: float
+    minors_passed_rate: float | None
+    adults_checked_rate: float | None
+    n_minors: int
+    n_adults_25_plus: int
+    metadata_buffer_years: float | None = None
+    rates_at_metadata_buffer: Challenge25Rates | None = None
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if not math.isfinite(value) else round(float(value), 4)
+
+
+def _rates(true: np.ndarray, est: np.ndarray, policy_age: float, buffer_years: float) -> Challenge25Rates:
+    rates = challenge25_rates(true, est, policy_age + buffer_years)
+    return Challenge25Rates(
+        buffer_years=buffer_years,
+        threshold_years=policy_age + buffer_years,
+        minors_passed_rate=_none_if_nan(rates["minors_passed_rate"]),
+        adults_checked_rate=_none_if_nan(rates["adults_checked_rate"]),
+    )
+
+
+def evaluate_predictions(
+    true_ages_years: Sequence[float] | np.ndarray,
+    estimated_ages_years: Sequence[float] | np.ndarray,
+    buffer_years: float = 0.0,
+    policy_age_years: float = DEFAULT_POLICY_AGE_YEARS,
+    metadata_buffer_years: float | None = None,
+) -> AgeMetrics:
+    """Score estimates against real ages (same order)."""
+    true = np.asarray(true_ages_years, dtype=np.float64).reshape(-1)
+    est = np.asarray(estimated_ages_years, dtype=np.float64).reshape(-1)
+    if true.shape != est.shape:
+        raise AgetoolError(f"ages: {len(true)} real ages but {len(est)} estimates")
+    if len(true) == 0:
+        raise AgetoolError("evaluation: no image to score (every one was missing or unreadable)")
+    error = est - true
+    bands = np.array([age_band(a) for a in true], dtype=object)
+    mae_by_band: dict[str, float | None] = {}
+    bias_by_band: dict[str, float | None] = {}
+    count_by_band: dict[str, int] = {}
+    for name in BAND_NAMES:
+        members = bands == name
+        count_by_band[name] = int(members.sum())
+        mae_by_band[name] = round(float(np.abs(error[members]).mean()), 4) if members.any() else None
+        bias_by_band[name] = round(float(error[members].mean()), 4) if members.any() else None
+    counts = challenge25_rates(true, est, policy_age_years + buffer_years)
+    at_buffer = _rates(true, est, policy_age_years, buffer_years)
+    at_metadata = (
+        _rates(true, est, policy_age_years, metadata_buffer_years) if metadata_buffer_years is not None else None
+    )
+    return AgeMetrics(
+        n=len(true),
+        mae=round(float(np.abs(error).mean()), 4),
+        rmse=round(float(np.sqrt((error**2).mean())), 4),
+        mean_bias=round(float(error.mean()), 4),
+        median_abs_error=round(float(np.median(np.abs(error))), 4),
+        mae_by_band=mae_by_band,
+        bias_by_band=bias_by_band,
+        count_by_band=count_by_band,
+        policy_age_years=policy_age_years,
+        buffer_years=buffer_years,
+        threshold_years=policy_age_years + buffer_years,
+        minors_passed_rate=at_buffer.minors_passed_rate,
+        adults_checked_rate=at_buffer.adults_checked_rate,
+        n_minors=counts["n_minors"],
+        n_adults_25_plus=counts["n_adults_25_plus"],
+        metadata_buffer_years=metadata_buffer_years,
+        rates_at_metadata_buffer=at_metadata,
+    )
+
+
+class BufferChoice(BaseModel):
+    buffer_years: float
+    threshold_years: float
+    minors_passed_rate: float
+    adults_checked_rate: float | None
+    max_minor_pass_rate: float
+    met_target: bool = Field(description="False when even the largest buffer lets too many minors through")
+    n_minors: int
+    n_adults_25_plus: int
+
+
+def choose_buffer(
+    true_ages_years: Sequence[float] | np.ndarray,
+    estimated_ages_years: Sequence[float] | np.ndarray,
+    max_minor_pass_rate: float = 0.01,
+    policy_age_years: float = DEFAULT_POLICY_AGE_YEARS,
+    step_years: float = BUFFER_STEP_YEARS,
+    max_buffer_years: float = MAX_BUFFER_YEARS,
+) -> BufferChoice:
+    """The smallest buffer (in `step_years` steps) at which at most `max_minor_pass_rate` of the
+    true minors are estimated at or above policy age + buffer, and the share of 25+ adults who
+    are then asked for ID. Choose it on validation data, never on the test set."""
+    true = np.asarray(true_ages_years, dtype=np.float64).reshape(-1)
+    est = np.asarray(estimated_ages_years, dtype=np.float64).reshape(-1)
+    if true.shape != est.shape:
+        raise AgetoolError(f"ages: {len(true)} real ages but {len(est)} estimates")
+    if not 0 <= max_minor_pass_rate < 1:
+        raise AgetoolError(f"max_minor_pass_rate {max_minor_pass_rate}: expected a share in [0, 1)")
+    buffers = np.arange(0.0, max_buffer_years + step_years / 2, step_years)
+    rates: dict[str, float] = {}
+    for buffer_years in buffers:
+        rates = challenge25_rates(true, est, policy_age_years + buffer_years)
+        if rates["n_minors"] == 0:
+            raise AgetoolError("choose buffer: no true minor (age < 18) in the data; cannot measure the pass rate")
+        if rates["minors_passed_rate"] <= max_minor_pass_rate:
+            break
+    return BufferChoice(
+        buffer_years=float(buffer_years),
+        threshold_years=float(policy_age_years + buffer_years),
+        minors_passed_rate=float(rates["minors_passed_rate"]),
+        adults_checked_rate=_none_if_nan(rates["adults_checked_rate"]),
+        max_minor_pass_rate=max_minor_pass_rate,
+        met_target=rates["minors_passed_rate"] <= max_minor_pass_rate,
+        n_minors=rates["n_minors"],
+        n_adults_25_plus=rates["n_adults_25_plus"],
+    )
+
+
+# --- Models ------------------------------------------------------------------------------------
+class AgePredictor(Protocol):
+    input_size: int
+
+    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class _KerasPredictor:
+    def __init__(self, path: Path) -> None:
+        from agetool.trainer.model import load_keras_model
+
+        self.model = load_keras_model(path)
+        shape = self.model.input_shape
+        if len(shape) != 4 or shape[1] != shape[2] or shape[1] is None or shape[3] != 3:
+            raise AgetoolError(f"model {path}: expected a square RGB input (N, S, S, 3), got {shape}")
+        self.input_size = int(shape[1])
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        out = np.asarray(self.model.predict_on_batch(batch.astype(np.float32, copy=False)))
+        return np.clip(out.reshape(len(batch)), AGE_MIN_YEARS, AGE_MAX_YEARS)
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_path: str
+    model_format: str
+    input_size: int
+    backbone: str | None = None
+    variant: str | None = None
+    id_check_buffer_years: float | None = None
+
+
+def open_model(path: str | Path, providers: str = "auto") -> tuple[AgePredictor, ModelInfo]:
+    """A `.onnx` (ONNX Runtime, input size from its metadata) or `.keras` model."""
+    path = Path(path)
+    if path.suffix not in MODEL_SUFFIXES:
+        raise AgetoolError(f"model {path}: expected a .onnx or .keras file")
+    if not path.is_file():
+        raise AgetoolError(f"model {path}: file not found")
+    if path.suffix == ".onnx":
+        from agetool.edge_runtime.infer import OnnxAgeModel
+
+        onnx_model = OnnxAgeModel(path, providers=providers)
+        meta = onnx_model.metadata
+        return onnx_model, ModelInfo(
+            model_path=str(path),
+            model_format="onnx",
+            input_size=meta.input_size,
+            backbone=meta.backbone,
+            variant=meta.variant,
+            id_check_buffer_years=meta.id_check_buffer_years,
+        )
+    keras_model = _KerasPredictor(path)
+    return keras_model, ModelInfo(model_path=str(path), model_format="keras", input_size=keras_model.input_size)
+
+
+# --- Evaluation --------------------------------------------------------------------------------
+class PredictionRow(BaseModel):
+    dataset: str
+    file_name: str
+    real_age: float
+    estimated_age: float
+
+
+class EvaluationReport(AgeMetrics):
+    """What `agetool evaluate` prints and writes as JSON."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: ModelInfo
+    data: str = ""
+    subset: str | None = None
+    flip: bool = False
+    n_skipped: int = Field(0, description="rows or images left out: missing, corrupt, bad label")
+    skipped: list[str] = Field(default_factory=list, description="why, one line each (first 100)")
+    wall_time_s: float = 0.0
+    predictions: list[PredictionRow] | None = None
+
+
+def predict_rows(
+    model: AgePredictor,
+    rows: pd.DataFrame,
+    batch_size: int = 64,
+    flip: bool = False,
+    workers: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Estimated ages for rows with a `path` column: (ages of the readable rows, bool mask over
+    rows of which were readable, error lines of the others). `flip` averages each face with its
+    mirror image (test-time augmentation)."""
+    paths = list(rows["path"])
+    estimates = np.zeros(len(paths), dtype=np.float64)
+    readable = np.zeros(len(paths), dtype=bool)
+    errors: list[str] = []
+    for start in range(0, len(paths), DECODE_CHUNK):
+        chunk = paths[start : start + DECODE_CHUNK]
+        images, ok, chunk_errors = load_faces(chunk, model.input_size, workers=workers, progress=progress)
+        errors += chunk_errors
+        ages = np.zeros(len(images), dtype=np.float64)
+        for b in range(0, len(images), batch_size):
+            batch = images[b : b + batch_size].astype(np.float32)
+            ages[b : b + batch_size] = model.predict(batch)
+            if flip:
+                mirrored = np.ascontiguousarray(batch[:, :, ::-1, :])
+                ages[b : b + batch_size] = (ages[b : b + batch_size] + model.predict(mirrored)) / 2.0
+        idx = np.flatnonzero(ok) + start
+        estimates[idx] = ages
+        readable[idx] = True
+    return estimates[readable], readable, errors
+
+
+def evaluate_model(
+    model_path: str | Path,
+    rows: pd.DataFrame,
+    batch_size: int = 64,
+    flip: bool = False,
+    buffer_years: float = 0.0,
+    policy_age_years: float = DEFAULT_POLICY_AGE_YEARS,
+    providers: str = "auto",
+    workers: int = 4,
+    keep_predictions: bool = False,
+    show_progress: bool = False,
+) -> EvaluationReport:
+    """Run a `.onnx` or `.keras` model over face crops (`rows`: columns path, real_age, and
+    optionally dataset, file_name) and score it. Unreadable images are skipped and counted."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if batch_size < 1:
+        raise AgetoolError(f"--batch-size {batch_size}: expected at least 1")
+    if not 0 <= buffer_years <= MAX_BUFFER_YEARS:
+        raise AgetoolError(f"--buffer {buffer_years:g}: expected 0..{MAX_BUFFER_YEARS:g} years")
+    started = time.monotonic()
+    model, info = open_model(model_path, providers)
+    progress = Progress(
+        TextColumn("evaluating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not show_progress,
+    )
+    with progress:
+        task = progress.add_task("evaluating", total=len(rows))
+        estimates, readable, errors = predict_rows(
+            model, rows, batch_size, flip, workers, progress=lambda n: progress.advance(task, n)
+        )
+    true = rows["real_age"].to_numpy(dtype=np.float64)[readable]
+    metrics = evaluate_predictions(
+        true, estimates, buffer_years, policy_age_years, info.id_check_buffer_years
+    )
+    predictions = None
+    if keep_predictions:
+        kept = rows[readable]
+        predictions = [
+            PredictionRow(dataset=str(d), file_name=str(f), real_age=float(a), estimated_age=round(float(e), 3))
+            for d, f, a, e in zip(
+                kept.get("dataset", pd.Series([""] * len(kept))),
+                kept.get("file_name", kept["path"]),
+                kept["real_age"],
+                estimates,
+            )
+        ]
+    return EvaluationReport(
+        **metrics.model_dump(),
+        model=info,
+        flip=flip,
+        n_skipped=len(errors),
+        skipped=errors[:100],
+        wall_time_s=round(time.monotonic() - started, 2),
+        predictions=predictions,
+    )
+
+
+def load_eval_rows(
+    images: str | Path,
+    labels: str | Path | None = None,
+    split_file: str | Path | None = None,
+    subset: str | None = None,
+) -> tuple[pd.DataFrame, list[Problem]]:
+    """Rows to evaluate: a folder of crops + a file_name,real_age CSV, or a data folder (seeds'
+    layout with labels.csv inside, or APPA-REAL). With a split file, only `subset` (default
+    test) of it; with APPA-REAL's own split, `subset` picks from that."""
+    images = Path(images)
+    if labels is not None:
+        rows, problems = read_labelled_images(images, labels)
+    else:
+        if images.is_dir() and not (images / "labels.csv").is_file() and not any(images.glob("gt_avg_*.csv")):
+            raise AgetoolError(f"--images {images}: no labels.csv inside; pass --labels FILE.csv (file_name,real_age)")
+        rows, problems = read_dataset(images)
+    if subset is not None and subset not in ("train", "val", "test"):
+        raise AgetoolError(f"--subset {subset}: expected train, val or test")
+    if split_file is not None:
+        rows = apply_split(rows, split_file)
+        subset = subset or "test"
+    if subset is not None:
+        if "split" not in rows.columns:
+            raise AgetoolError(f"--subset {subset}: needs --split FILE (these images carry no split)")
+        rows = rows[rows["split"] == subset].reset_index(drop=True)
+        if rows.empty:
+            raise AgetoolError(f"--subset {subset}: no image of {images} is in that part of the split")
+    return rows, problems
+
+
+def evaluate_folder(
+    model_path: str | Path,
+    images: str | Path,
+    labels: str | Path | None = None,
+    split_file: str | Path | None = None,
+    subset: str | None = None,
+    json_out: str | Path | None = None,
+    predictions_out: str | Path | None = None,
+    batch_size: int = 64,
+    flip: bool = False,
+    buffer_years: float = 0.0,
+    policy_age_years: float = DEFAULT_POLICY_AGE_YEARS,
+    providers: str = "auto",
+    workers: int = 4,
+    show_progress: bool = False,
+) -> EvaluationReport:
+    """`agetool evaluate`: read the rows, evaluate, write the JSON (and per-image CSV) atomically."""
+    rows, problems = load_eval_rows(images, labels, split_file, subset)
+    if rows.empty:
+        raise AgetoolError(f"--images {images}: no usable labelled image (see the skipped rows in the log)")
+    for problem in problems[:10]:
+        log.warning("skipped %s/%s: %s", problem.dataset, problem.file_name, problem.reason)
+    report = evaluate_model(
+        model_path,
+        rows,
+        batch_size=batch_size,
+        flip=flip,
+        buffer_years=buffer_years,
+        policy_age_years=policy_age_years,
+        providers=providers,
+        workers=workers,
+        keep_predictions=predictions_out is not None,
+        show_progress=show_progress,
+    )
+    label_lines = [f"{p.dataset}/{p.file_name}: {p.reason}" for p in problems]
+    report.n_skipped += len(problems)
+    report.skipped = (label_lines + report.skipped)[:100]
+    report.data = str(images)
+    if split_file is not None or subset is not None:
+        report.subset = subset or "test"
+    if predictions_out is not None and report.predictions is not None:
+        table = pd.DataFrame([p.model_dump() for p in report.predictions])
+        atomic_write_bytes(predictions_out, table.to_csv(index=False).encode())
+    if json_out is not None:
+        payload = report.model_dump_json(indent=2, exclude={"predictions"})
+        atomic_write_bytes(json_out, (payload + "\n").encode())
+    return report
+
+
+def default_model_or_error() -> Path:
+    from agetool.paths import ENV_MODEL, default_model_path
+
+    path = default_model_path()
+    if not path.is_file():
+        raise AgetoolError(
+            f"default model {path}: not found (none ships yet); pass --model FILE.onnx|FILE.keras or set {ENV_MODEL}"
+        )
+    return path
+
+
+def report_table(report: EvaluationReport):
+    """A rich renderable: headline numbers and the per-band table."""
+    from rich.console import Group
+    from rich.table import Table
+
+    def fmt(value: float | None, pct: bool = False) -> str:
+        if value is None:
+            return "-"
+        return f"{100 * value:.1f}%" if pct else f"{value:.2f}"
+
+    head = Table(title=f"{Path(report.model.model_path).name} on {report.n} faces", show_header=False)
+    head.add_column("what")
+    head.add_column("value", justify="right")
+    head.add_row("MAE (years)", fmt(report.mae))
+    head.add_row("RMSE (years)", fmt(report.rmse))
+    head.add_row("mean bias (years)", fmt(report.mean_bias))
+    head.add_row(f"minors passed at {report.threshold_years:g}", fmt(report.minors_passed_rate, pct=True))
+    head.add_row(f"adults 25+ checked at {report.threshold_years:g}", fmt(report.adults_checked_rate, pct=True))
+    if report.rates_at_metadata_buffer is not None:
+        at = report.rates_at_metadata_buffer
+        head.add_row(f"minors passed at {at.threshold_years:g} (model buffer)", fmt(at.minors_passed_rate, pct=True))
+        head.add_row(f"adults 25+ checked at {at.threshold_years:g} (model buffer)", fmt(at.adults_checked_rate, pct=True))
+    head.add_row("skipped", str(report.n_skipped))
+    bands = Table(title="by age band", show_header=True)
+    for column in ("band", "n", "MAE", "bias"):
+        bands.add_column(column, justify="right")
+    for name in BAND_NAMES:
+        bands.add_row(name, str(report.count_by_band[name]), fmt(report.mae_by_band[name]), fmt(report.bias_by_band[name]))
+    return Group(head, bands)
