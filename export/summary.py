@@ -33,7 +33,10 @@ def summary_table(report: ExportReport) -> Any:
         ("variant", "left"), ("file", "left"), ("size MB", "right"), ("max |Δ|", "right"),
         ("MAE", "right"), ("ΔMAE", "right"), ("CPU ms/img", "right"), ("notes", "left"),
     ):
-        table.add_column(name, justify=justify, no_wrap=name != "notes", min_width=18 if name == "notes" else None)  # type: ignore[arg-type]
+        wraps = name in ("notes", "file")
+        table.add_column(  # type: ignore[arg-type]
+            name, justify=justify, no_wrap=not wraps, overflow="fold", min_width=16 if name == "notes" else None
+        )
     for result in report.results:
         v = result.verification
         table.add_row(
