@@ -80,7 +80,7 @@ def inspect_data(
     histogram and the sample-face grid there."""
     rows, problems = read_datasets(folders)
     n_label_rows = len(rows) + len(problems)
-    problems = problems + _unlabelled_files(folders, rows)
+    problems = problems + _unlabelled_files(folders, rows, problems)
     rows = rows.sort_values(["dataset", "file_name"], kind="stable").reset_index(drop=True)
     digests, sizes, scan_problems = _scan_images(rows, workers, show_progress)
     problems += scan_problems
@@ -96,8 +96,11 @@ def inspect_data(
 
 
 # --- Checks --------------------------------------------------------------------------------
-def _unlabelled_files(folders: Sequence[str | Path], rows: pd.DataFrame) -> list[Problem]:
-    """Seeds' layout only: files in final_files/ that labels.csv does not mention."""
+def _unlabelled_files(
+    folders: Sequence[str | Path], rows: pd.DataFrame, label_problems: list[Problem]
+) -> list[Problem]:
+    """Seeds' layout only: files in final_files/ that no row of labels.csv names (rows
+    refused for a bad age are reported already, so their files do not count here)."""
     found: list[Problem] = []
     for folder in folders:
         folder = Path(folder)
@@ -105,6 +108,7 @@ def _unlabelled_files(folders: Sequence[str | Path], rows: pd.DataFrame) -> list
             continue
         dataset = folder.absolute().name
         listed = set(rows.loc[rows["dataset"] == dataset, "file_name"])
+        listed |= {p.file_name for p in label_problems if p.dataset == dataset}
         for path in sorted((folder / "final_files").iterdir()):
             if path.is_file() and path.name not in listed:
                 found.append(Problem(dataset, path.name, "image file has no row in labels.csv", "unlabelled"))
