@@ -120,7 +120,9 @@ def build_model(
     weights_file = resolve_weights(backbone, weights)
     net, mode = _backbone(backbone, input_size, weights_file)
     inputs = keras.Input((input_size, input_size, 3), name=INPUT_NAME)
-    x = BackbonePreprocess(mode, name="backbone_preprocess")(inputs)
+    # Preprocessing and the age head compute in float32 even under a mixed-precision policy:
+    # bfloat16 cannot hold 103.939 or an age to better than a quarter of a year.
+    x = BackbonePreprocess(mode, name="backbone_preprocess", dtype="float32")(inputs)
     # Pretrained BatchNorm statistics stay frozen (inference mode) through fine-tuning.
     x = net(x, training=False) if weights_file else net(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
@@ -131,6 +133,7 @@ def build_model(
         activation="relu",
         bias_initializer=keras.initializers.Constant(head_bias_years),
         name=OUTPUT_NAME,
+        dtype="float32",
     )(x)
     return keras.Model(inputs, outputs, name=MODEL_NAME)
 

@@ -55,6 +55,8 @@ class TrainConfig(BaseModel):
     early_stop_patience: int = Field(10, ge=1)
     reduce_lr_patience: int = Field(4, ge=1)
     mixed_precision: Literal["auto", "on", "off"] = "auto"
+    checkpoint_every: int = Field(1, ge=1, description="Save the resumable last.keras every N epochs.")
+    max_train_seconds: float | None = Field(None, gt=0, description="Stop after the epoch that crosses this wall time.")
     workers: int = Field(4, ge=1, le=64)
     verbose: int = Field(2, ge=0, le=2)
 
@@ -170,7 +172,9 @@ def make_inputs(images: np.ndarray, ages: np.ndarray, batch_size: int, shuffle: 
     import keras
 
     if keras.backend.backend() != "tensorflow":
-        return {"x": images, "y": ages, "batch_size": batch_size, "shuffle": shuffle}
+        # Plain arrays: Keras slices and prefetches them; float32 so every backend sees the
+        # model's input dtype (memory is plentiful on the GPU boxes that run other backends).
+        return {"x": images.astype(np.float32), "y": ages, "batch_size": batch_size, "shuffle": shuffle}
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((images, ages))
@@ -205,9 +209,17 @@ def _read_state(run_dir: Path) -> dict:
         raise AgetoolError(f"{path}: unreadable run state; remove it to start afresh") from None
 
 
-def _run_callbacks(run_dir: Path, inner_model, stage: str, best_so_far: float, wall_clock: tuple[float, float]):
-    """Per-epoch: save the training model (with optimizer) as last.keras, the inner age model as
-    best.keras when val MAE improves, and state.json; CSV log appended."""
+def _run_callbacks(
+    run_dir: Path,
+    inner_model,
+    stage: str,
+    best_so_far: float,
+    wall_clock: tuple[float, float],
+    config: TrainConfig,
+):
+    """Per-epoch: the inner age model as best.keras when val MAE improves; every
+    `checkpoint_every` epochs the training model (with optimizer) as last.keras and state.json;
+    stop once `max_train_seconds` of wall time are spent."""
     import keras
 
     class RunState(keras.callbacks.Callback):
@@ -222,12 +234,18 @@ def _run_callbacks(run_dir: Path, inner_model, stage: str, best_so_far: float, w
                 self.best = val_mae
                 _atomic_save(inner_model, run_dir / BEST_CHECKPOINT)
                 log.info("epoch %d: val MAE %.3f (best so far), saved %s", epoch + 1, val_mae, BEST_CHECKPOINT)
+            wall_time_s = wall_clock[0] + time.monotonic() - wall_clock[1]
+            if config.max_train_seconds and wall_time_s >= config.max_train_seconds:
+                log.info("time budget of %.0f s spent after epoch %d: stopping", config.max_train_seconds, epoch + 1)
+                self.model.stop_training = True
+            elif (epoch + 1) % config.checkpoint_every:
+                return
             _atomic_save(self.model, run_dir / LAST_CHECKPOINT)
             lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             _write_json(
                 run_dir / STATE_FILE,
                 {"stage": stage, "epoch": epoch + 1, "best_val_mae": self.best, "learning_rate": lr,
-                 "wall_time_s": wall_clock[0] + time.monotonic() - wall_clock[1],
+                 "wall_time_s": wall_time_s,
                  "updated": datetime.now(timezone.utc).isoformat()},
             )
 
@@ -249,7 +267,7 @@ def _fit_stage(
 ) -> tuple[int, float]:
     import keras
 
-    state_cb = _run_callbacks(run_dir, inner_model, stage, best_so_far, wall_clock)
+    state_cb = _run_callbacks(run_dir, inner_model, stage, best_so_far, wall_clock, config)
     callbacks = [
         state_cb,
         keras.callbacks.EarlyStopping(monitor="val_mae", patience=config.early_stop_patience, mode="min"),
