@@ -177,13 +177,18 @@ class DaemonConfig(Section):
     )
     debug_crops_dir: Path | None = Field(None, description="Where debug crops go when debug_save_crops is on.")
 
-    @model_validator(mode="after")
-    def _unique_lanes_and_debug_dir(self) -> "DaemonConfig":
+    @field_validator("lanes")
+    @classmethod
+    def _unique_lane_names(cls, lanes: list[LaneConfig]) -> list[LaneConfig]:
         seen: set[str] = set()
-        for lane in self.lanes:
+        for lane in lanes:
             if lane.name in seen:
                 raise ValueError(f"lane name {lane.name!r} is used twice")
             seen.add(lane.name)
+        return lanes
+
+    @model_validator(mode="after")
+    def _debug_dir_when_debugging(self) -> "DaemonConfig":
         if self.debug_save_crops and self.debug_crops_dir is None:
             raise ValueError("debug_save_crops is on but debug_crops_dir is not set")
         return self

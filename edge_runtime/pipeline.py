@@ -110,6 +110,20 @@ def analyse_frame(
     return results
 
 
+def _policy(policy_age_years: float | None, buffer_years: float | None):
+    from pydantic import ValidationError
+
+    from agetool.edge_runtime.config import PolicyConfig
+
+    fields = {"policy_age_years": policy_age_years} if policy_age_years is not None else {}
+    try:
+        return PolicyConfig(buffer_years=buffer_years, **fields)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        option = {"policy_age_years": "--policy-age", "buffer_years": "--buffer"}.get(str(first["loc"][0]), "")
+        raise AgetoolError(f"{option} ({first['loc'][0]}): {first['msg']}") from None
+
+
 def run_source(
     source: str | int | None,
     out: TextIO,
@@ -123,17 +137,16 @@ def run_source(
 ) -> int:
     """`agetool run`: one JSON line per face to `out` for an image, folder, video or camera
     (read once through), or for the demo portrait. Returns the number of faces written."""
-    from agetool.edge_runtime.config import PolicyConfig
     from agetool.edge_runtime.detect import make_detector
     from agetool.edge_runtime.sources import iter_frames, mask_url
     from agetool.edge_runtime.track import model_uncertainty_years
 
     if demo == (source is not None):
         raise AgetoolError("run: give either a SOURCE or --demo")
+    policy_config = _policy(policy_age_years, buffer_years)
     model = load_model(model_path, providers)
     detector = make_detector(detector_path)
-    policy_fields = {"policy_age_years": policy_age_years} if policy_age_years is not None else {}
-    policy = PolicyConfig(buffer_years=buffer_years, **policy_fields).to_policy(model.metadata.id_check_buffer_years)
+    policy = policy_config.to_policy(model.metadata.id_check_buffer_years)
     uncertainty = model_uncertainty_years(model.metadata)
     frames: Iterable[tuple[int, str, np.ndarray]]
     if demo:
