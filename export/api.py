@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -293,7 +293,14 @@ def export_model(options: ExportOptions, console: Any = None) -> ExportReport:
                     built.calibration_size, built.calibration_method, built.note,
                 )
                 steps.say(verification_line(result))
-                _check(spec, result, reference, options)
+                problem = _problem(spec, result, reference, options)
+                if problem is not None:
+                    if not options.force:
+                        raise AgetoolError(
+                            f"{final.name}: {problem}; nothing written (use --force to write it anyway)"
+                        )
+                    steps.say(f"[yellow]warning:[/] {final.name}: {problem}; written anyway (--force)")
+                    result = replace(result, note=f"FAILED CHECK, forced; {result.note}".rstrip("; "))
                 staged.append((temp, final))
                 report.results.append(result)
                 steps.done()
@@ -372,29 +379,22 @@ def verification_line(result: VariantResult) -> str:
     return ", ".join(parts)
 
 
-def _check(spec: VariantSpec, result: VariantResult, reference: Reference, options: ExportOptions) -> None:
-    """Refuse a variant that does not estimate like its source (unless --force)."""
+def _problem(spec: VariantSpec, result: VariantResult, reference: Reference, options: ExportOptions) -> str | None:
+    """Why a variant does not estimate like its source, or None when it does."""
     v = result.verification
-    problem = None
     if not np.isfinite(v.max_abs_diff_years):
-        problem = "non-finite outputs on the fixed batch"
-    elif spec.name == "fp32":
+        return "non-finite outputs on the fixed batch"
+    if spec.name == "fp32":
         tolerance = PARITY_ABS_YEARS + PARITY_REL * float(np.max(np.abs(reference.fixed_keras_years)))
         if v.max_abs_diff_years > tolerance:
-            problem = f"max |Δ| {v.max_abs_diff_years:.3g} years exceeds {tolerance:.3g} (conversion error)"
-    elif spec.delta_mae_gate:
+            return f"max |Δ| {v.max_abs_diff_years:.3g} years exceeds {tolerance:.3g} (conversion error)"
+    if spec.delta_mae_gate:
         if v.delta_mae_years is None:
-            problem = "no labelled validation faces, so ΔMAE cannot be checked"
-        elif v.delta_mae_years > options.max_delta_mae:
-            problem = (
+            return "no labelled validation faces, so ΔMAE cannot be checked"
+        if v.delta_mae_years > options.max_delta_mae:
+            return (
                 f"ΔMAE {v.delta_mae_years:+.3f} years (MAE {v.variant_mae_years:.3f} vs Keras "
                 f"{v.keras_mae_years:.3f} on {len(reference.val_images)} faces) exceeds "
                 f"--max-delta-mae {options.max_delta_mae:g}"
             )
-    if problem is None:
-        return
-    if options.force:
-        log.warning("%s: %s; written anyway (--force)", result.path.name, problem)
-        return
-    raise AgetoolError(f"{result.path.name}: {problem}; nothing written (use --force to write it anyway)")
-
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -39,6 +40,7 @@ def export(
         opset=opset, max_delta_mae=max_delta_mae, force=force,
     )
     report = export_model(options, console=Console(stderr=True))
-    Console().print(summary_table(report))
+    # Piped to a file or CI log, rich would wrap at 80 columns and fold the table.
+    Console(width=None if sys.stdout.isatty() else 160).print(summary_table(report))
     for result in report.results:
         typer.echo(str(result.path))

@@ -158,6 +158,7 @@ def test_int8_refused_when_delta_mae_exceeds_threshold(
 
     report = export_model(ExportOptions(**options, force=True))
     assert report.result("int8").verification.delta_mae_years > 0
+    assert report.result("int8").note.startswith("FAILED CHECK, forced")
     assert _onnx_files(out) == ["tiny_age.onnx", "tiny_age_int8.onnx"]
 
 
