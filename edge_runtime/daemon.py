@@ -27,7 +27,6 @@ from agetool.edge_runtime.detect import FaceBox, FaceDetector, choose_face, crop
 from agetool.edge_runtime.events import EventSink
 from agetool.edge_runtime.sources import DropOldestQueue, Frame, LaneReader, Watchdog, mask_url
 from agetool.edge_runtime.track import LaneTracker, model_uncertainty_years
-from agetool.errors import AgetoolError
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +156,7 @@ class Daemon:
             cfg.events.webhook_max_retries, cfg.events.webhook_backoff_s,
         )
         self.analytics = BandAnalytics(cfg.analytics.sqlite_path, cfg.analytics.flush_interval_s)
-        self.model = load_model(cfg.model.resolved_path(), cfg.model.providers, cfg.model.intra_op_threads)
+        self.model = load_model(cfg.model.resolved_path(), cfg.model.providers, cfg.model.resolved_threads())
         self.policy = cfg.policy.to_policy(self.model.metadata.id_check_buffer_years)
         self.model_mae_years = model_uncertainty_years(self.model.metadata)
         log.info(
@@ -231,8 +230,8 @@ class Daemon:
                     break
                 try:
                     self.process_batch(batch)
-                except AgetoolError as exc:
-                    log.error("frame skipped: %s", exc)
+                except Exception:  # noqa: BLE001 - one bad frame (cv2 / ORT error) must not stop every lane
+                    log.exception("frame batch skipped")
             self._expire_tracks()
 
     def process_batch(self, batch: list[tuple[LaneRuntime, Frame]]) -> None:
@@ -351,8 +350,10 @@ class Daemon:
         """Ready when the model is loaded and every lane's source gives frames."""
         lanes = {name: lane.reader.state.online for name, lane in self.lanes.items()}
         model_ready = self.model is not None
+        processing = self._processor.is_alive()
         details = {
-            "ready": model_ready and bool(lanes) and all(lanes.values()),
+            "ready": model_ready and processing and bool(lanes) and all(lanes.values()),
+            "processing": processing,
             "model": {"ready": model_ready, "path": str(self.config.model.resolved_path().name),
                       "provider": getattr(self.model, "provider", None)},
             "lanes": lanes,

@@ -170,10 +170,13 @@ class VideoCaptureSource:
         capture = self._capture
         if capture is None:
             raise SourceError(f"{self.description}: not open")
-        ok, frame = capture.read()
-        if not ok and self.is_file and self.loop:
-            capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+        try:
             ok, frame = capture.read()
+            if not ok and self.is_file and self.loop:
+                capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                ok, frame = capture.read()
+        except cv2.error as exc:
+            raise SourceError(f"{self.description}: read failed ({mask_url(str(exc).strip().splitlines()[-1])})") from None
         if not ok:
             if self.is_file and not self.loop:
                 return None
