@@ -58,6 +58,36 @@ class BackbonePreprocess(layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+@keras.saving.register_keras_serializable(package="agetool")
+class RandomShift(layers.Layer):
+    """Shift the batch by up to `max_pixels` each way (reflect padding), in training only.
+
+    Keras' RandomTranslation / RandomZoom / RandomRotation go through affine_transform, which
+    under JAX on a GPU is slow enough to stall training (keras-team/keras#23229); a padded
+    dynamic slice costs nothing on every backend."""
+
+    def __init__(self, max_pixels: int, seed: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.max_pixels = int(max_pixels)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=None):
+        if not training or self.max_pixels <= 0:
+            return x
+        p = self.max_pixels
+        padded = ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
+        offsets = keras.random.randint((2,), 0, 2 * p + 1, seed=self.seed_generator)
+        size = (ops.shape(x)[0], x.shape[1], x.shape[2], x.shape[3])
+        return ops.slice(padded, [0, offsets[0], offsets[1], 0], size)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "max_pixels": self.max_pixels, "seed": self.seed}
+
+
 def resolve_weights(backbone: str, weights: str) -> str | None:
     """`none` -> None; `imagenet` -> the local notop file (flag, env var, Keras cache); a path ->
     that file. Nothing is downloaded: a missing file is a clear error saying where to put it."""
