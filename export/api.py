@@ -43,7 +43,12 @@ class ExportOptions(BaseModel):
     val: Path | None = None
     split: Path | None = None
     calib_size: int = Field(300, ge=1)
-    calib_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    # Defaults measured (300 UTKFace calibration faces, 500 validation faces, this 2-core AVX512-VNNI
+    # CPU): percentile stays closest to Keras (mean |Δ| 0.10 vs 0.19 years minmax on a trained
+    # 64 px CNN, 0.041 vs 0.050 on ResNet50 128 px); uint8 activations run ~2x faster than int8
+    # on x86 (ResNet50 int8 22 vs 39 ms/img) for the same mean |Δ|; keeping the Dense head in float
+    # cut mean |Δ| from 0.26 to 0.17 years on the CNN.
+    calib_method: Literal["minmax", "entropy", "percentile"] = "percentile"
     int8_mode: Literal["static", "dynamic"] = "static"
     int8_activations: Literal["quint8", "qint8"] = "quint8"
     keep_head_float: bool = True

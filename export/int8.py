@@ -60,9 +60,10 @@ class FaceCalibrationReader:
         self.set_range(0, len(self._batches))
 
 
-def chunk_stride(n_batches: int, most: int = CALIB_CHUNK_BATCHES) -> int:
-    """The largest chunk size <= most that divides n_batches (ORT requires an exact division)."""
-    return max(k for k in range(1, max(1, min(most, n_batches)) + 1) if n_batches % k == 0)
+def largest_divisor(n: int, most: int) -> int:
+    """The largest k <= most dividing n: ORT's chunked calibration needs an exact division, and
+    its histogram calibrators stack a chunk's batches, so every batch must be the same size."""
+    return max(k for k in range(1, max(1, min(most, n)) + 1) if n % k == 0)
 
 
 def head_node_names(proto: Any) -> list[str]:
@@ -93,7 +94,7 @@ def quantize_static_int8(
     prepared_path: Path,
     out_path: Path,
     calib_images: np.ndarray,
-    method: str = "minmax",
+    method: str = "percentile",
     activation_type: str = "quint8",
     keep_head_float: bool = True,
 ) -> list[str]:
@@ -108,7 +109,7 @@ def quantize_static_int8(
     }[method]
     activations = {"quint8": QuantType.QUInt8, "qint8": QuantType.QInt8}[activation_type]
     excluded = head_node_names(onnx.load(str(prepared_path))) if keep_head_float else []
-    reader = FaceCalibrationReader(calib_images)
+    reader = FaceCalibrationReader(calib_images, largest_divisor(len(calib_images), CALIB_BATCH))
     quantize_static(
         str(prepared_path),
         str(out_path),
@@ -119,15 +120,14 @@ def quantize_static_int8(
         weight_type=QuantType.QInt8,
         calibrate_method=calibrate_method,
         nodes_to_exclude=excluded,
-        extra_options={"CalibStridedMinMax": chunk_stride(len(reader))},
+        extra_options={"CalibStridedMinMax": largest_divisor(len(reader), CALIB_CHUNK_BATCHES)},
     )
     return excluded
 
 
 def quantize_dynamic_int8(prepared_path: Path, out_path: Path, keep_head_float: bool = True) -> list[str]:
-    """Weights-only int8 (activations quantized on the fly): no calibration, a fallback when
-    static quantization costs too much accuracy. Convolutions use ConvInteger (uint8 weights:
-    ONNX Runtime's CPU ConvInteger has no int8-weight kernel)."""
+    """Int8 weights with activations quantized on the fly: no calibration, a fallback when
+    static quantization costs too much accuracy."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -136,7 +136,7 @@ def quantize_dynamic_int8(prepared_path: Path, out_path: Path, keep_head_float: 
         str(prepared_path),
         str(out_path),
         per_channel=True,
-        weight_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
         nodes_to_exclude=excluded,
     )
     return excluded

@@ -43,6 +43,9 @@ class Verification:
     keras_mae_years: float | None
     variant_mae_years: float | None
     cpu_ms_per_image: float
+    # Mean |variant - Keras| over the validation faces: a steadier fidelity figure than ΔMAE,
+    # whose sign is luck when errors are large.
+    val_mean_abs_diff_years: float | None = None
 
     @property
     def delta_mae_years(self) -> float | None:
@@ -116,12 +119,15 @@ def verify_file(path: Path, variant: str, input_size: int, reference: Reference)
         raise AgetoolError(f"{path.name}: output shape {out_shape} for a batch of {n}; expected ({n}, 1)")
     fixed_years = onnx_predict(model.session, reference.fixed_batch)
     max_abs_diff = float(np.max(np.abs(fixed_years - reference.fixed_keras_years)))
-    variant_mae = None
+    variant_mae = val_mean_abs_diff = None
     if len(reference.val_images):
-        variant_mae = mae(onnx_predict(model.session, reference.val_images), reference.val_ages_years)
+        val_years = onnx_predict(model.session, reference.val_images)
+        variant_mae = mae(val_years, reference.val_ages_years)
+        val_mean_abs_diff = float(np.mean(np.abs(val_years - reference.val_keras_years)))
     return Verification(
         max_abs_diff_years=max_abs_diff,
         keras_mae_years=reference.keras_val_mae,
         variant_mae_years=variant_mae,
         cpu_ms_per_image=cpu_ms_per_image(model.session, reference.fixed_batch[0]),
+        val_mean_abs_diff_years=val_mean_abs_diff,
     )

@@ -126,7 +126,7 @@ def test_exports_three_verified_variants(model_dir: Path, small_face_folder: Pat
 
     assert report.result("fp32").verification.max_abs_diff_years < 1e-3
     int8_meta = OnnxAgeModel(out / "tiny_age_int8.onnx", providers="cpu").metadata
-    assert (int8_meta.calibration_size, int8_meta.calibration_method) == (20, "minmax")
+    assert (int8_meta.calibration_size, int8_meta.calibration_method) == (20, "percentile")
     assert OnnxAgeModel(out / "tiny_age.onnx", providers="cpu").metadata.calibration_size is None
     int8_ops = {n.op_type for n in onnx.load(str(out / "tiny_age_int8.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= int8_ops
@@ -208,7 +208,7 @@ def test_dynamic_int8_and_random_reference_without_card(tiny_keras: Path, small_
         ({"calib": Path("faces")}, "--calib is only used with --int8"),
         ({"calib_size": 50}, "--calib-size is only used with --int8"),
         ({"max_delta_mae": 1.0, "fp16": True}, "--max-delta-mae is only used with --int8"),
-        ({"int8": True, "calib": Path("f"), "int8_mode": "dynamic", "calib_method": "entropy"}, "static INT8 only"),
+        ({"int8": True, "calib": Path("f"), "int8_mode": "dynamic", "calib_method": "minmax"}, "static INT8 only"),
         ({"split": Path("split.csv")}, "--split needs --calib DIR or --val DIR"),
         ({"opset": 12}, "--opset: 12 not supported"),
         ({"opset": 30}, "--opset: 30 not supported"),
