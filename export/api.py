@@ -43,11 +43,12 @@ class ExportOptions(BaseModel):
     val: Path | None = None
     split: Path | None = None
     calib_size: int = Field(300, ge=1)
-    # Defaults measured (300 UTKFace calibration faces, 500 validation faces, this 2-core AVX512-VNNI
+    # Defaults measured (300 UTKFace calibration faces, 500 validation faces, 2-core AVX512-VNNI
     # CPU): percentile stays closest to Keras (mean |Δ| 0.10 vs 0.19 years minmax on a trained
     # 64 px CNN, 0.041 vs 0.050 on ResNet50 128 px); uint8 activations run ~2x faster than int8
-    # on x86 (ResNet50 int8 22 vs 39 ms/img) for the same mean |Δ|; keeping the Dense head in float
-    # cut mean |Δ| from 0.26 to 0.17 years on the CNN.
+    # on x86 (ResNet50 128 px: 7.0 vs 15 ms/img; fp32 16) for the same mean |Δ|; the Dense head
+    # in float cut mean |Δ| from 0.26 to 0.17 years on the CNN. Dynamic INT8 (ConvInteger) is
+    # slower than FP32 on CPU for convnets (8.9 vs 1.4 ms/img on the CNN): a fallback only.
     calib_method: Literal["minmax", "entropy", "percentile"] = "percentile"
     int8_mode: Literal["static", "dynamic"] = "static"
     int8_activations: Literal["quint8", "qint8"] = "quint8"

@@ -3,6 +3,8 @@ dynamic (weights only) as a fallback."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,6 @@ from agetool.contract import INPUT_NAME, OUTPUT_NAME
 
 log = logging.getLogger(__name__)
 
-CALIB_METHODS = ("minmax", "entropy", "percentile")
-ACTIVATION_TYPES = ("quint8", "qint8")
 # Images per calibration run, and runs per chunk: entropy/percentile keep every activation of a
 # chunk in memory before folding it into their histograms (ResNet50 at 128 px: ~30 MB per face).
 CALIB_BATCH = 8
@@ -110,18 +110,20 @@ def quantize_static_int8(
     activations = {"quint8": QuantType.QUInt8, "qint8": QuantType.QInt8}[activation_type]
     excluded = head_node_names(onnx.load(str(prepared_path))) if keep_head_float else []
     reader = FaceCalibrationReader(calib_images, largest_divisor(len(calib_images), CALIB_BATCH))
-    quantize_static(
-        str(prepared_path),
-        str(out_path),
-        reader,
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=activations,
-        weight_type=QuantType.QInt8,
-        calibrate_method=calibrate_method,
-        nodes_to_exclude=excluded,
-        extra_options={"CalibStridedMinMax": largest_divisor(len(reader), CALIB_CHUNK_BATCHES)},
-    )
+    # ORT's histogram calibrators print() a line per chunk; our progress bar says the same.
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize_static(
+            str(prepared_path),
+            str(out_path),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=activations,
+            weight_type=QuantType.QInt8,
+            calibrate_method=calibrate_method,
+            nodes_to_exclude=excluded,
+            extra_options={"CalibStridedMinMax": largest_divisor(len(reader), CALIB_CHUNK_BATCHES)},
+        )
     return excluded
 
 
