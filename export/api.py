@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agetool.errors import AgetoolError
 from agetool.export import fp16 as fp16_mod
@@ -39,8 +39,8 @@ class ExportOptions(BaseModel):
     out: Path | None = None
     fp16: bool = False
     int8: bool = False
-    calib: Path | None = None
-    val: Path | None = None
+    calib: list[Path] | None = None
+    val: list[Path] | None = None
     split: Path | None = None
     calib_size: int = Field(300, ge=1)
     # Defaults measured (300 UTKFace calibration faces, 500 validation faces, 2-core AVX512-VNNI
@@ -57,6 +57,14 @@ class ExportOptions(BaseModel):
     opset: int = 17
     max_delta_mae: float = Field(0.3, ge=0)
     force: bool = False
+
+    @field_validator("calib", "val", mode="before")
+    @classmethod
+    def _folders_as_list(cls, value: Any) -> Any:
+        """One folder or several (read and split as one set, like the trainer's data folders)."""
+        if value is None or isinstance(value, (list, tuple)):
+            return list(value) if value else None
+        return [value]
 
 
 def flag(name: str) -> str:
@@ -323,6 +331,10 @@ def _out_dir(options: ExportOptions) -> Path:
     return out_dir
 
 
+def _names(folders: list[Path]) -> str:
+    return ", ".join(str(f) for f in folders)
+
+
 def _reference(
     options: ExportOptions, card: ModelCard, card_path: Path | None, keras_model: Any, input_size: int, steps: _Steps
 ) -> tuple[np.ndarray | None, Reference]:
@@ -345,11 +357,11 @@ def _reference(
                 picked, input_size, "calibration", steps.counter("calibration faces", len(picked))
             )
             if len(calib) == 0:
-                raise AgetoolError(f"--calib {options.calib}: no readable training-split faces to calibrate on")
+                raise AgetoolError(f"--calib {_names(options.calib)}: no readable training-split faces to calibrate on")
             if len(calib) < options.calib_size:
                 steps.say(
                     f"[yellow]warning:[/] only {len(calib)} calibration faces in the training split of "
-                    f"{options.calib} (asked for {options.calib_size}); INT8 ranges may be less reliable"
+                    f"{_names(options.calib)} (asked for {options.calib_size}); INT8 ranges may be less reliable"
                 )
             calib_images = calib.images
         rows = samples.split_rows(data_dir, split_file)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from agetool.errors import AgetoolError
-from agetool.trainer.data import DEFAULT_SEED, apply_split, load_faces, make_split, read_dataset
+from agetool.trainer.data import DEFAULT_SEED, apply_split, load_faces, make_split, read_datasets
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,11 @@ class FaceSample:
         return len(self.images)
 
 
-def split_rows(folder: Path, split_file: Path | None, seed: int = DEFAULT_SEED) -> pd.DataFrame:
-    """Rows of a data folder with a `split` column: from the split file when given, else the
-    folder's own split (APPA-REAL), else the trainer's default seeded split."""
-    df, problems = read_dataset(folder)
+def split_rows(folders: list[Path], split_file: Path | None, seed: int = DEFAULT_SEED) -> pd.DataFrame:
+    """Rows of data folders (one set) with a `split` column: from the split file when given,
+    else the folder's own split (APPA-REAL), else the trainer's default seeded split."""
+    folder = ", ".join(str(f) for f in folders)
+    df, problems = read_datasets(folders)
     if problems:
         log.warning("%s: %d unusable rows skipped (first: %s: %s)", folder, len(problems), problems[0].file_name, problems[0].reason)
     if df.empty:
