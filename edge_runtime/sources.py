@@ -111,6 +111,7 @@ class ImageFolderSource:
         self.description = str(folder)
         self._files: list[Path] = []
         self._position = 0
+        self._skipped: set[Path] = set()
 
     def _list(self) -> list[Path]:
         try:
@@ -129,15 +130,24 @@ class ImageFolderSource:
     def read(self) -> tuple[np.ndarray, str] | None:
         if not self._files:
             raise SourceError(f"{self.folder}: not open")
-        if self._position >= len(self._files):
-            if not self.loop:
-                return None
-            self._position = 0
-        path = self._files[self._position]
-        self._position += 1
-        if not path.is_file():
-            raise SourceError(f"{path}: file vanished")
-        return _decode_image(path), str(path)
+        # An undecodable file is skipped, not raised: raising reopens the folder at its first file,
+        # so the lane never got past the bad one and flapped offline on every pass.
+        for _ in range(len(self._files)):
+            if self._position >= len(self._files):
+                if not self.loop:
+                    return None
+                self._position = 0
+            path = self._files[self._position]
+            self._position += 1
+            if not path.is_file():
+                raise SourceError(f"{path}: file vanished")
+            try:
+                return _decode_image(path), str(path)
+            except SourceError as exc:
+                if path not in self._skipped:
+                    self._skipped.add(path)
+                    log.warning("skipped: %s", exc)
+        raise SourceError(f"{self.folder}: no decodable image")
 
     def close(self) -> None:
         self._files = []
