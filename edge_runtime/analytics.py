@@ -79,7 +79,7 @@ class BandAnalytics:
             try:
                 with self._connect() as db:
                     db.executemany(UPSERT, [(h, lane, band, n) for (h, lane, band), n in batch.items()])
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:  # OSError too: a lost batch is lost counts
                 log.error("analytics flush to %s failed (%s); keeping counts for the next try", self.sqlite_path, exc)
                 with self._lock:
                     self._pending.update(batch)
