@@ -25,6 +25,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 API_TITLE = "agetool register daemon"
+# No route takes a request body: a big one is a mistake or an attack, refused before it is read.
+MAX_BODY_BYTES = 64 * 1024
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a Content-Length over max_bytes, 411 for a chunked body."""
+
+    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        headers = dict(scope.get("headers") or ()) if scope["type"] == "http" else {}
+        length = headers.get(b"content-length", b"0")
+        status = 413 if not length.isdigit() or int(length) > self.max_bytes else 0
+        status = status or (411 if b"transfer-encoding" in headers else 0)
+        if not status:
+            return await self.app(scope, receive, send)
+        detail = {"detail": f"request body over {self.max_bytes} bytes" if status == 413 else "chunked body refused"}
+        await JSONResponse(detail, status_code=status, headers={"Connection": "close"})(scope, receive, send)
 
 
 def create_app(daemon: "Daemon", bearer_token: str | None = None) -> "FastAPI":
@@ -46,6 +65,7 @@ def create_app(daemon: "Daemon", bearer_token: str | None = None) -> "FastAPI":
     # No /docs or /redoc: they pull JavaScript from a CDN a till PC cannot (and should not) reach.
     app = FastAPI(title=API_TITLE, version=__version__, docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json")
+    app.add_middleware(BodyLimit)
 
     @app.exception_handler(UnknownLane)
     async def _unknown_lane(_request: Request, exc: UnknownLane) -> JSONResponse:
