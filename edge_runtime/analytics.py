@@ -11,6 +11,7 @@ import threading
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterable, Protocol
 
 from agetool.errors import AgetoolError
 
@@ -35,11 +36,22 @@ def hour_bucket(wall_s: float) -> str:
     return datetime.fromtimestamp(wall_s, tz=timezone.utc).strftime("%Y-%m-%dT%H:00Z")
 
 
-class BandAnalytics:
-    """In-memory counts, flushed to SQLite by a background thread and by flush()."""
+class CountWriter(Protocol):
+    """The daemon's single writer of the analytics file (receipts.AnalyticsStore)."""
 
-    def __init__(self, sqlite_path: Path, flush_interval_s: float) -> None:
+    def add_band_counts(self, rows: Iterable[tuple[str, str, str, int]]) -> None:
+        """Add the rows in one transaction; raises sqlite3.Error when it cannot."""
+
+
+class BandAnalytics:
+    """In-memory counts, flushed to SQLite by a background thread and by flush().
+
+    With a `writer`, flushes go through it (the daemon's one writer, which also migrated the
+    file); without one, through a connection of its own."""
+
+    def __init__(self, sqlite_path: Path, flush_interval_s: float, writer: CountWriter | None = None) -> None:
         self.sqlite_path = Path(sqlite_path)
+        self.writer = writer
         self.flush_interval_s = flush_interval_s
         self._pending: Counter[tuple[str, str, str]] = Counter()
         self._lock = threading.Lock()
@@ -47,7 +59,8 @@ class BandAnalytics:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.flushed_total = 0
-        self._create()
+        if writer is None:
+            self._create()
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(str(self.sqlite_path), timeout=10.0)
@@ -76,9 +89,13 @@ class BandAnalytics:
                 batch, self._pending = self._pending, Counter()
             if not batch:
                 return 0
+            rows = [(h, lane, band, n) for (h, lane, band), n in batch.items()]
             try:
-                with self._connect() as db:
-                    db.executemany(UPSERT, [(h, lane, band, n) for (h, lane, band), n in batch.items()])
+                if self.writer is not None:
+                    self.writer.add_band_counts(rows)
+                else:
+                    with self._connect() as db:
+                        db.executemany(UPSERT, rows)
             except (sqlite3.Error, OSError) as exc:  # OSError too: a lost batch is lost counts
                 log.error("analytics flush to %s failed (%s); keeping counts for the next try", self.sqlite_path, exc)
                 with self._lock:

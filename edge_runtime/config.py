@@ -132,6 +132,10 @@ class ApiConfig(Section):
         description="Token clients send as 'Authorization: Bearer ...' (use ${AGETOOL_API_TOKEN}); "
         "required when host is not loopback.",
     )
+    max_body_bytes: int = Field(
+        262144, ge=1024, le=16 * 1024 * 1024,
+        description="Largest request body accepted (a receipt with its items); larger ones get 413.",
+    )
 
     @model_validator(mode="after")
     def _token_when_exposed(self) -> "ApiConfig":
@@ -160,10 +164,21 @@ class EventsConfig(Section):
 
 
 class AnalyticsConfig(Section):
-    """Age-group counts (per band, hour and lane; one per shopper) kept in SQLite. Counts only."""
+    """Age-group counts (per band, hour and lane; one per shopper) and POS receipts tagged with the
+    shopper's age band, kept in SQLite. Bands, counts, confidence and receipt data only (docs/privacy.md)."""
 
-    sqlite_path: Path = Field(DEFAULT_ANALYTICS_PATH, description="SQLite file the counts are flushed to.")
+    sqlite_path: Path = Field(DEFAULT_ANALYTICS_PATH, description="SQLite file the counts and receipts are kept in.")
     flush_interval_s: float = Field(60.0, gt=0, le=86400, description="Seconds between flushes (and at shutdown).")
+    retention_days: int = Field(
+        90, ge=1, le=3650, description="Counts and receipts older than this many days are deleted (at start and "
+        "every purge_interval_s)."
+    )
+    purge_interval_s: float = Field(3600.0, gt=0, le=86400, description="Seconds between retention purges.")
+    receipt_min_band_confidence: float = Field(
+        0.5, ge=0, le=1,
+        description="A receipt gets the shopper's band only when at least this share of the estimate's "
+        "uncertainty interval (lower..upper years) lies in that band; else band 'unknown'.",
+    )
 
 
 class DaemonConfig(Section):
