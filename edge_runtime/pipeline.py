@@ -158,7 +158,9 @@ def run_source(
             raise AgetoolError(f"source {mask_url(spec)}: no such file or folder")
         frames = iter_frames(spec, max_frames)
     written = 0
+    n_frames = 0
     for index, origin, image in frames:
+        n_frames += 1
         results = analyse_frame(image, origin, index, detector, model, policy, uncertainty)
         if not results:
             log.info("%s frame %d: no face found", origin, index)
@@ -166,4 +168,6 @@ def run_source(
             out.write(result.to_json() + "\n")
             written += 1
         out.flush()
+    if n_frames == 0:
+        raise AgetoolError(f"source {mask_url(str(source))}: no decodable image or frame in it")
     return written
