@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from agetool import __version__
 from agetool.edge_runtime.config import is_loopback
 from agetool.edge_runtime.decide import Decision
+from agetool.edge_runtime.receipts import InvalidReceipt, ReceiptConflict, ReceiptIn, StoreUnavailable, parse_receipt
 from agetool.errors import AgetoolError
 
 if TYPE_CHECKING:
@@ -25,7 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 API_TITLE = "agetool register daemon"
-# No route takes a request body: a big one is a mistake or an attack, refused before it is read.
+# Only the receipts route takes a body (api.max_body_bytes, default 256 KiB); a bigger one is a
+# mistake or an attack, refused before it is read.
 MAX_BODY_BYTES = 64 * 1024
 
 
@@ -65,7 +68,20 @@ def create_app(daemon: "Daemon", bearer_token: str | None = None) -> "FastAPI":
     # No /docs or /redoc: they pull JavaScript from a CDN a till PC cannot (and should not) reach.
     app = FastAPI(title=API_TITLE, version=__version__, docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json")
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimit, max_bytes=daemon.config.api.max_body_bytes)
+
+    @app.exception_handler(InvalidReceipt)
+    async def _invalid_receipt(_request: Request, exc: InvalidReceipt) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+    @app.exception_handler(ReceiptConflict)
+    async def _receipt_conflict(_request: Request, exc: ReceiptConflict) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc), "stored": exc.stored.to_api()})
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_unavailable(_request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": f"receipt not stored, retry: {exc}"},
+                            headers={"Retry-After": "1"})
 
     @app.exception_handler(UnknownLane)
     async def _unknown_lane(_request: Request, exc: UnknownLane) -> JSONResponse:
@@ -104,6 +120,26 @@ def create_app(daemon: "Daemon", bearer_token: str | None = None) -> "FastAPI":
               summary="The POS asks at the moment alcohol is scanned: ask for ID or not.")
     def check(lane: str) -> Decision:
         return daemon.check(lane)
+
+    @app.post(
+        "/v1/lanes/{lane}/receipts", dependencies=guarded, status_code=201,
+        summary="The POS records a receipt under the age band of the shopper at the till now.",
+        description="Idempotent on receipt_id: 201 when stored, 200 with the stored record for a retry "
+        "with the same body, 409 when the id was stored with a different lane, total or items, 422 for "
+        "a bad body, 413 for one over api.max_body_bytes. Band 'unknown' when no face is in view or the "
+        "estimate is too uncertain (see docs/privacy.md).",
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": ReceiptIn.model_json_schema()}}}},
+        responses={200: {"description": "A retry: the record stored the first time."},
+                   409: {"description": "receipt_id already stored with a different body."},
+                   422: {"description": "The body is not a valid receipt."}},
+    )
+    async def receipts(lane: str, request: Request) -> JSONResponse:
+        if lane not in daemon.lanes:
+            raise UnknownLane(lane)
+        receipt = parse_receipt(await request.body())
+        stored, created = await run_in_threadpool(daemon.record_receipt, lane, receipt)
+        return JSONResponse(status_code=201 if created else 200, content={**stored.to_api(), "created": created})
 
     return app
 

@@ -1,5 +1,5 @@
 """The register daemon: lanes -> detection -> batched inference -> tracks -> decisions, with the API,
-events, analytics and metrics around it.
+events, analytics, receipts and metrics around it.
 
 Threads: one reader per lane, a watchdog, one processing thread (detects on each lane's next frame
 and runs ONE batched inference over the faces of all busy lanes), the analytics flusher, the
@@ -25,6 +25,7 @@ from agetool.edge_runtime.config import DaemonConfig, LaneConfig
 from agetool.edge_runtime.decide import Decision, decide
 from agetool.edge_runtime.detect import FaceBox, FaceDetector, choose_face, crop_face_rgb, make_detector
 from agetool.edge_runtime.events import EventSink
+from agetool.edge_runtime.receipts import AnalyticsStore, ReceiptConflict, ReceiptIn, StoredReceipt, tag_band
 from agetool.edge_runtime.sources import DropOldestQueue, Frame, LaneReader, Watchdog, mask_url
 from agetool.edge_runtime.track import LaneTracker, model_uncertainty_years
 
@@ -81,6 +82,10 @@ class DaemonMetrics:
             "agetool_decisions", "Decisions answered to the POS.", ["lane", "outcome", "reason"],
             registry=self.registry,
         )
+        self.receipts = Counter(
+            "agetool_receipts", "Receipts posted by the POS, by the band they were recorded under.",
+            ["lane", "band", "outcome"], registry=self.registry,
+        )
         self.registry.register(_LaneCollector(daemon))
 
     def exposition(self) -> tuple[bytes, str]:
@@ -134,6 +139,7 @@ class Daemon:
         self.metrics = DaemonMetrics(self)
         self.events: EventSink | None = None
         self.analytics: BandAnalytics | None = None
+        self.store: AnalyticsStore | None = None
         self.api_server = None
         self._watchdog: Watchdog | None = None
         self._wake = threading.Event()
@@ -155,7 +161,8 @@ class Daemon:
             cfg.events.jsonl, cfg.events.webhook_url, cfg.events.webhook_timeout_s,
             cfg.events.webhook_max_retries, cfg.events.webhook_backoff_s,
         )
-        self.analytics = BandAnalytics(cfg.analytics.sqlite_path, cfg.analytics.flush_interval_s)
+        self.store = AnalyticsStore(cfg.analytics.sqlite_path, cfg.analytics.retention_days, cfg.analytics.purge_interval_s)
+        self.analytics = BandAnalytics(cfg.analytics.sqlite_path, cfg.analytics.flush_interval_s, writer=self.store)
         self.model = load_model(cfg.model.resolved_path(), cfg.model.providers, cfg.model.resolved_threads())
         self.policy = cfg.policy.to_policy(self.model.metadata.id_check_buffer_years)
         self.model_mae_years = model_uncertainty_years(self.model.metadata)
@@ -182,6 +189,7 @@ class Daemon:
             self.lanes[lane_cfg.name] = LaneRuntime(lane_cfg, queue, reader, detector, tracker)
             log.info("lane %s: source %s at <= %.1f fps", lane_cfg.name, mask_url(lane_cfg.source), lane_cfg.fps)
         self.events.start()
+        self.store.start()
         self.analytics.start()
         self._processor.start()
         for lane in self.lanes.values():
@@ -216,6 +224,8 @@ class Daemon:
             self.analytics.stop()
             log.info("analytics flushed to %s (%d shopper count(s) this run)",
                      self.analytics.sqlite_path, self.analytics.flushed_total)
+        if self.store is not None:
+            self.store.stop()
         if self.events is not None:
             self.events.close()
 
@@ -327,6 +337,23 @@ class Daemon:
         if self.events is not None:
             self.events.emit("check", **decision.model_dump())
         return decision
+
+    def record_receipt(self, lane_name: str, receipt: ReceiptIn) -> tuple[StoredReceipt, bool]:
+        """Store a POS receipt under the band of the shopper in view now (once per receipt_id);
+        (stored, True) when new, (stored, False) for a retry. Raises receipts.ReceiptConflict."""
+        decision = self.current(lane_name)
+        tag = tag_band(decision.age_years, decision.lower_years, decision.upper_years,
+                       self.config.analytics.receipt_min_band_confidence)
+        try:
+            stored, created = self.store.record_receipt(decision.lane, receipt, tag)
+        except ReceiptConflict as conflict:
+            self.metrics.receipts.labels(conflict.stored.lane, conflict.stored.band, "conflict").inc()
+            raise
+        self.metrics.receipts.labels(stored.lane, stored.band, "created" if created else "duplicate").inc()
+        if self.events is not None:
+            self.events.emit("receipt", lane=stored.lane, receipt_id=stored.receipt_id, band=stored.band,
+                             band_basis=stored.band_basis, created=created)
+        return stored, created
 
     def lane_status(self, lane_name: str) -> dict[str, Any]:
         lane = self._lane(lane_name)
