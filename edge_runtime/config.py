@@ -155,6 +155,12 @@ class EventsConfig(Section):
     webhook_max_retries: int = Field(5, ge=0, le=20, description="Retries per event after the first failure.")
     webhook_backoff_s: float = Field(0.5, gt=0, le=60, description="First retry wait; doubles each retry.")
 
+    @field_validator("jsonl", mode="before")
+    @classmethod
+    def _unquoted_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads the documented `jsonl: off` (unquoted) as False
+        return "off" if value is False else value
+
     @field_validator("webhook_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
