@@ -19,6 +19,8 @@ from agetool.paths import default_detector_path, default_model_path
 
 LANE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 ENV_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# A real config has a few hundred entries; nested aliases (a: &a [*b, *b, ...]) expand exponentially.
+MAX_CONFIG_ENTRIES = 10_000
 DEFAULT_ANALYTICS_PATH = Path.home() / ".local" / "state" / "agetool" / "analytics.sqlite"
 
 
@@ -231,19 +233,21 @@ def is_loopback(host: str) -> bool:
 
 
 # --- Loading --------------------------------------------------------------------------------
-def _line_map(node: Any, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> None:
+def _line_map(node: Any, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int], where: str = "config") -> None:
     """Record the 1-based line of every key / list item under a composed YAML node."""
     import yaml
 
+    if len(lines) > MAX_CONFIG_ENTRIES:
+        raise ConfigError(f"{where}: more than {MAX_CONFIG_ENTRIES} keys and list items (nested YAML aliases?)")
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key_path = path + (key_node.value,)
             lines[key_path] = key_node.start_mark.line + 1
-            _line_map(value_node, key_path, lines)
+            _line_map(value_node, key_path, lines, where)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             lines[path + (index,)] = item.start_mark.line + 1
-            _line_map(item, path + (index,), lines)
+            _line_map(item, path + (index,), lines, where)
 
 
 def _line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
@@ -320,7 +324,7 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
         raise ConfigError(f"{where}{at}: not valid YAML ({problem})") from None
     lines: dict[tuple[Any, ...], int] = {}
     if root is not None:
-        _line_map(root, (), lines)
+        _line_map(root, (), lines, where)
     return _expand_env(data, (), where, lines), lines
 
 
