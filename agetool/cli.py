@@ -12,6 +12,7 @@ import typer
 from agetool import __version__
 from agetool.benchmarks import cli as bench_cli
 from agetool.edge_runtime import cli as runtime_cli
+from agetool.edge_runtime.analytics_cli import analytics_app
 from agetool.errors import AgetoolError
 from agetool.export import cli as export_cli
 from agetool.trainer import cli as trainer_cli
@@ -52,6 +53,7 @@ app.command("export")(export_cli.export)
 app.command("run")(runtime_cli.run)
 app.command("serve")(runtime_cli.serve)
 app.command("bench")(bench_cli.bench)
+app.add_typer(analytics_app, name="analytics")
 
 
 def main() -> None:

@@ -1,0 +1,402 @@
+"""Purchases by age group, out of the daemon's analytics file: a receipt export (CSV / Parquet) and
+a markdown report with PNG charts.
+
+The report only shows cells of at least k shoppers / receipts (default 5); smaller ones read "<k"
+and are left out of charts, so no single shopper's visit or basket can be picked out. Every file is
+written to a temporary name and renamed. pandas and matplotlib load inside the functions."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from agetool.contract import BAND_NAMES, UNKNOWN_BAND
+from agetool.edge_runtime.receipts import connect_readonly, has_table
+from agetool.errors import AgetoolError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DEFAULT_K = 5
+DEFAULT_TOP_CATEGORIES = 5
+REPORT_BANDS: tuple[str, ...] = BAND_NAMES + (UNKNOWN_BAND,)
+EXPORT_COLUMNS = ("receipt_id", "lane", "recorded_at_utc", "hour_utc", "band", "band_confidence",
+                  "band_basis", "total", "n_items", "items")
+
+
+# --- Time range ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Period:
+    """[since, until) in UTC; either end may be open."""
+
+    since: datetime | None
+    until: datetime | None
+
+    def describe(self) -> str:
+        start = self.since.strftime("%Y-%m-%d %H:%M") if self.since else "the first record"
+        end = self.until.strftime("%Y-%m-%d %H:%M") if self.until else "the last record"
+        return f"{start} to {end} (UTC, end excluded)"
+
+
+def parse_when(text: str, option: str, end_of_day: bool = False) -> datetime:
+    """A date (YYYY-MM-DD: that day's start, or with end_of_day the next day's) or an ISO time;
+    a time without a zone is UTC."""
+    value = text.strip()
+    try:
+        if len(value) == 10:
+            day = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+            return day + timedelta(days=1) if end_of_day else day
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise AgetoolError(
+            f"{option} {text!r}: expected a date YYYY-MM-DD or an ISO time like 2025-01-31T14:00Z"
+        ) from None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def make_period(since: str | None, until: str | None) -> Period:
+    """--since is inclusive; --until DATE includes that whole day, --until TIME is exclusive."""
+    period = Period(
+        parse_when(since, "--since") if since else None,
+        parse_when(until, "--until", end_of_day=True) if until else None,
+    )
+    if period.since and period.until and period.until <= period.since:
+        raise AgetoolError(f"--until {until}: must be after --since {since}")
+    return period
+
+
+def _bounds(period: Period, fmt: str) -> tuple[str, str]:
+    low = period.since.strftime(fmt) if period.since else ""
+    high = period.until.strftime(fmt) if period.until else "~"  # '~' sorts after every digit
+    return low, high
+
+
+# --- Reading ------------------------------------------------------------------------------------
+def resolve_db(db_path: Path | None) -> Path:
+    if db_path is not None:
+        return Path(db_path)
+    from agetool.edge_runtime.config import DEFAULT_ANALYTICS_PATH
+
+    return DEFAULT_ANALYTICS_PATH
+
+
+def read_receipt_frame(db: sqlite3.Connection, period: Period) -> "pd.DataFrame":
+    """Receipts recorded in the period, with their item lines as a JSON list in `items`."""
+    import pandas as pd
+
+    if not has_table(db, "receipts"):
+        return pd.DataFrame(columns=list(EXPORT_COLUMNS))
+    low, high = _bounds(period, "%Y-%m-%dT%H:%M:%SZ")
+    receipts = pd.read_sql_query(
+        "SELECT receipt_id, lane, recorded_at_utc, hour_utc, band, band_confidence, band_basis, "
+        "total_cents / 100.0 AS total, n_items FROM receipts "
+        "WHERE recorded_at_utc >= ? AND recorded_at_utc < ? ORDER BY recorded_at_utc, receipt_id",
+        db, params=(low, high),
+    )
+    items = pd.read_sql_query(
+        "SELECT i.receipt_id, i.sku, i.category, i.quantity FROM receipt_items i "
+        "JOIN receipts r ON r.receipt_id = i.receipt_id "
+        "WHERE r.recorded_at_utc >= ? AND r.recorded_at_utc < ? ORDER BY i.receipt_id, i.line",
+        db, params=(low, high),
+    )
+    lines: dict[str, list[dict[str, object]]] = {}
+    for row in items.itertuples(index=False):
+        lines.setdefault(row.receipt_id, []).append(
+            {"sku": row.sku, "category": row.category, "quantity": row.quantity})
+    receipts["items"] = [json.dumps(lines.get(rid, [])) for rid in receipts["receipt_id"]]
+    return receipts
+
+
+def read_items_frame(db: sqlite3.Connection, period: Period) -> "pd.DataFrame":
+    """Item lines of receipts in the period, with the receipt's band."""
+    import pandas as pd
+
+    if not has_table(db, "receipt_items"):
+        return pd.DataFrame(columns=["receipt_id", "band", "category", "quantity"])
+    low, high = _bounds(period, "%Y-%m-%dT%H:%M:%SZ")
+    return pd.read_sql_query(
+        "SELECT i.receipt_id, r.band, i.category, i.quantity FROM receipt_items i "
+        "JOIN receipts r ON r.receipt_id = i.receipt_id WHERE r.recorded_at_utc >= ? AND r.recorded_at_utc < ?",
+        db, params=(low, high),
+    )
+
+
+def read_counts_frame(db: sqlite3.Connection, period: Period) -> "pd.DataFrame":
+    """Band counts (hour_utc, lane, band, shoppers) of the hours in the period."""
+    import pandas as pd
+
+    if not has_table(db, "band_counts"):
+        return pd.DataFrame(columns=["hour_utc", "lane", "band", "shoppers"])
+    low, high = _bounds(period, "%Y-%m-%dT%H:00Z")
+    return pd.read_sql_query(
+        "SELECT hour_utc, lane, band, shoppers FROM band_counts WHERE hour_utc >= ? AND hour_utc < ? "
+        "ORDER BY hour_utc, lane, band",
+        db, params=(low, high),
+    )
+
+
+# --- Atomic writes ------------------------------------------------------------------------------
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call write(tmp) on a temporary file beside `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+# --- Export -------------------------------------------------------------------------------------
+def export_receipts(db_path: Path | None, out: Path, since: str, until: str | None = None) -> int:
+    """Write the receipts recorded in [since, until) to a .csv or .parquet file; the rows written."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise AgetoolError(f"--out {out}: expected a .csv or .parquet file name")
+    if suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401 - only checking it is there
+        except ImportError:
+            raise AgetoolError(
+                f"--out {out}: writing .parquet needs pyarrow (pip install pyarrow); or export to a .csv file"
+            ) from None
+    period = make_period(since, until)
+    db = connect_readonly(resolve_db(db_path))
+    try:
+        frame = read_receipt_frame(db, period)
+    finally:
+        db.close()
+    if suffix == ".csv":
+        atomic_write(out, lambda tmp: frame.to_csv(tmp, index=False))
+    else:
+        atomic_write(out, lambda tmp: frame.to_parquet(tmp, index=False, engine="pyarrow"))
+    return len(frame)
+
+
+# --- Small-cell suppression ---------------------------------------------------------------------
+def cell(count: int | float, k: int) -> str:
+    """A count as shown in the report: '<k' below k (0 stays 0: an empty cell says nothing)."""
+    count = int(count)
+    return f"<{k}" if 0 < count < k else str(count)
+
+
+def shown(counts: "pd.DataFrame", k: int) -> "pd.DataFrame":
+    """Counts with the cells below k set to 0, for charts."""
+    return counts.where(counts >= k, 0)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def band_columns(frame: "pd.DataFrame") -> list[str]:
+    """The bands in contract order, 'unknown' last, only those present (all known bands always)."""
+    present = set(frame.columns)
+    return [b for b in REPORT_BANDS if b in BAND_NAMES or b in present]
+
+
+# --- Report -------------------------------------------------------------------------------------
+@dataclass
+class ReportResult:
+    out_dir: Path
+    files: list[Path] = field(default_factory=list)
+    n_receipts: int = 0
+    n_shoppers: int = 0
+
+
+def _pivot(frame: "pd.DataFrame", index: list[str], values: str, aggfunc: str) -> "pd.DataFrame":
+    import pandas as pd
+
+    if frame.empty:
+        return pd.DataFrame(columns=list(BAND_NAMES))
+    table = frame.pivot_table(index=index, columns="band", values=values, aggfunc=aggfunc, fill_value=0)
+    return table.reindex(columns=band_columns(table), fill_value=0)
+
+
+def shoppers_sections(counts: "pd.DataFrame", k: int) -> tuple[list[str], "pd.DataFrame", "pd.DataFrame"]:
+    """Markdown for shoppers per band and lane, and per hour of day and lane; the two tables."""
+    counts = counts.assign(hour_of_day=counts["hour_utc"].str.slice(11, 13) + ":00")
+    by_lane = _pivot(counts, ["lane"], "shoppers", "sum")
+    by_hour_lane = _pivot(counts, ["lane", "hour_of_day"], "shoppers", "sum")
+    bands = list(by_lane.columns)
+    parts = ["## Shoppers per age band and lane", "",
+             "One count per shopper (a face followed across frames), when they leave the till.", ""]
+    if by_lane.empty:
+        parts += ["No shoppers counted in this period.", ""]
+    else:
+        parts += [markdown_table(["lane"] + bands,
+                                 [[str(lane)] + [cell(v, k) for v in row] for lane, row in by_lane.iterrows()]), ""]
+        parts += ["## Shoppers per age band, hour of day (UTC) and lane", "", "![shoppers by hour](shoppers_by_hour.png)", "",
+                  markdown_table(["lane", "hour (UTC)"] + bands,
+                                 [[str(lane), hour] + [cell(v, k) for v in row]
+                                  for (lane, hour), row in by_hour_lane.iterrows()]), "",
+                  "Per calendar hour: `shoppers_by_hour_lane.csv` (same suppression).", ""]
+    return parts, by_lane, by_hour_lane
+
+
+def receipts_by_band(receipts: "pd.DataFrame") -> "pd.DataFrame":
+    """Receipts, total and mean / median basket per band (all bands, in order)."""
+    import pandas as pd
+
+    if receipts.empty:
+        grouped = pd.DataFrame(columns=["receipts", "value", "mean_basket", "median_basket"])
+    else:
+        grouped = receipts.groupby("band")["total"].agg(
+            receipts="count", value="sum", mean_basket="mean", median_basket="median")
+    bands = [b for b in REPORT_BANDS if b in BAND_NAMES or b in grouped.index]
+    return grouped.reindex(bands).fillna({"receipts": 0, "value": 0.0})
+
+
+def receipts_section(table: "pd.DataFrame", k: int) -> list[str]:
+    rows = []
+    total_receipts = int(table["receipts"].sum())
+    for band, row in table.iterrows():
+        n = int(row["receipts"])
+        if n < k:
+            rows.append([band, cell(n, k), "—", "—", "—", "—"])
+            continue
+        rows.append([band, str(n), f"{row['value']:.2f}", f"{row['mean_basket']:.2f}",
+                     f"{row['median_basket']:.2f}", f"{100.0 * n / total_receipts:.1f} %"])
+    return ["## Receipts and basket value per age band", "", "![receipts by band](receipts_by_band.png)", "",
+            markdown_table(["band", "receipts", "value", "mean basket", "median basket", "share of receipts"], rows),
+            "", f"Bands with fewer than {k} receipts show `<{k}` and no value.", ""]
+
+
+def categories_section(items: "pd.DataFrame", table: "pd.DataFrame", k: int, top_n: int) -> list[str]:
+    """Per band with at least k receipts: the categories on most receipts (each on at least k)."""
+    parts = ["## Top categories per age band", "",
+             f"Categories ranked by the number of receipts they are on; only bands and categories with at "
+             f"least {k} receipts are listed.", ""]
+    rows = []
+    for band, band_row in table.iterrows():
+        n_receipts = int(band_row["receipts"])
+        if n_receipts < k:
+            continue
+        mine = items[items["band"] == band]
+        ranked = (mine.groupby("category").agg(receipts=("receipt_id", "nunique"), units=("quantity", "sum"))
+                  .sort_values(["receipts", "units"], ascending=False))
+        ranked = ranked[ranked["receipts"] >= k].head(top_n)
+        for rank, (category, row) in enumerate(ranked.iterrows(), start=1):
+            share = 100.0 * row["receipts"] / n_receipts
+            rows.append([band, str(rank), str(category), str(int(row["receipts"])), f"{share:.0f} %",
+                         f"{row['units']:g}"])
+    if rows:
+        parts += [markdown_table(["band", "rank", "category", "receipts", "of the band's receipts", "units"], rows), ""]
+    else:
+        parts += [f"No band has a category on {k} or more receipts in this period.", ""]
+    return parts
+
+
+def _save_png(path: Path, draw: Callable[["object"], None], size: tuple[float, float] = (9.0, 4.5)) -> Path:
+    from matplotlib.figure import Figure  # the object API: no pyplot state, no display needed (Agg)
+
+    figure = Figure(figsize=size, dpi=100, layout="constrained")
+    draw(figure)
+    return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+
+
+def chart_shoppers_by_hour(path: Path, by_hour_lane: "pd.DataFrame", k: int) -> Path:
+    hourly = shown(by_hour_lane, k).groupby(level="hour_of_day").sum() if not by_hour_lane.empty else by_hour_lane
+
+    def draw(figure: "object") -> None:
+        axes = figure.add_subplot()
+        bottom = None
+        hours = list(hourly.index)
+        for band in hourly.columns:
+            values = hourly[band].to_numpy()
+            axes.bar(hours, values, bottom=bottom, label=band)
+            bottom = values if bottom is None else bottom + values
+        axes.set_xlabel("hour of day (UTC)")
+        axes.set_ylabel("shoppers")
+        axes.set_title(f"Shoppers per age band and hour, all lanes (cells < {k} left out)")
+        if hours:
+            axes.legend(fontsize="small", ncols=2)
+        axes.tick_params(axis="x", labelrotation=90)
+
+    return _save_png(path, draw)
+
+
+def chart_receipts_by_band(path: Path, table: "pd.DataFrame", k: int) -> Path:
+    visible = table[table["receipts"] >= k]
+
+    def draw(figure: "object") -> None:
+        left, right = figure.subplots(1, 2)
+        bands = list(table.index)
+        left.bar(bands, [int(table.loc[b, "receipts"]) if b in visible.index else 0 for b in bands])
+        left.set_title("Receipts per age band")
+        right.bar(bands, [float(visible.loc[b, "mean_basket"]) if b in visible.index else 0.0 for b in bands])
+        right.set_title("Mean basket value per age band")
+        for axes in (left, right):
+            axes.tick_params(axis="x", labelrotation=45)
+        figure.suptitle(f"Bands with fewer than {k} receipts left out")
+
+    return _save_png(path, draw)
+
+
+def _suppressed_hourly_csv(counts: "pd.DataFrame", k: int) -> "pd.DataFrame":
+    out = counts.copy()
+    out["shoppers"] = [cell(v, k) for v in out["shoppers"]]
+    return out
+
+
+def build_report(
+    db_path: Path | None,
+    out_dir: Path,
+    since: str | None = None,
+    until: str | None = None,
+    k: int = DEFAULT_K,
+    top_n: int = DEFAULT_TOP_CATEGORIES,
+) -> ReportResult:
+    """report.md, two PNG charts and the per-hour CSV in out_dir, from the analytics file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    if k < 2:
+        raise AgetoolError(f"--k {k}: expected 2 or more (k = 1 would show single shoppers)")
+    period = make_period(since, until)
+    db = connect_readonly(resolve_db(db_path))
+    try:
+        counts = read_counts_frame(db, period)
+        receipts = read_receipt_frame(db, period)
+        items = read_items_frame(db, period)
+    finally:
+        db.close()
+    out_dir = Path(out_dir)
+    result = ReportResult(out_dir, n_receipts=len(receipts), n_shoppers=int(counts["shoppers"].sum()))
+    shopper_parts, _by_lane, by_hour_lane = shoppers_sections(counts, k)
+    table = receipts_by_band(receipts)
+    parts = [
+        "# Purchases by age group", "",
+        f"- Period: {period.describe()}",
+        f"- Shoppers counted: {cell(result.n_shoppers, k)}; receipts: {cell(result.n_receipts, k)}",
+        f"- Cells with fewer than {k} shoppers or receipts are shown as `<{k}` and left out of the charts.",
+        "- Band `unknown`: no face at the till, or an estimate too uncertain to name one band (docs/privacy.md).",
+        "",
+        *shopper_parts,
+        *receipts_section(table, k),
+        *categories_section(items, table, k, top_n),
+    ]
+    result.files.append(chart_shoppers_by_hour(out_dir / "shoppers_by_hour.png", by_hour_lane, k))
+    result.files.append(chart_receipts_by_band(out_dir / "receipts_by_band.png", table, k))
+    hourly_csv = _suppressed_hourly_csv(counts, k)
+    result.files.append(atomic_write(out_dir / "shoppers_by_hour_lane.csv",
+                                     lambda tmp: hourly_csv.to_csv(tmp, index=False)))
+    # report.md last: a report that exists has its charts beside it.
+    result.files.append(atomic_write_text(out_dir / "report.md", "\n".join(parts)))
+    return result
