@@ -255,7 +255,7 @@ class Daemon:
             if face is None:
                 self._record_latency(lane, frame)
                 continue
-            crop = crop_face_rgb(frame.image_bgr, face)
+            crop = crop_face_rgb(frame.image_bgr, face, self.model.metadata.face_margin)
             if self.config.debug_save_crops:
                 self._save_debug_crop(lane.config.name, frame.index, crop)
             owners.append((lane, frame, face))

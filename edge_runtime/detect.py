@@ -86,7 +86,16 @@ class FaceDetector:
         grey = cv2.equalizeHist(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
         found = self._haar.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5,
                                             minSize=(self.min_face_px, self.min_face_px))
-        return [FaceBox(float(x), float(y), float(w), float(h), 1.0) for (x, y, w, h) in found]
+        # Models state their crop margin relative to YuNet's box; Haar's box is smaller (YuNet
+        # side / Haar side: median 1.09 over 278 UTKFace chips), so grow it about its centre.
+        s = HAAR_TO_YUNET_SIDE
+        return [
+            FaceBox(float(x + w * (1 - s) / 2), float(y + h * (1 - s) / 2), float(w * s), float(h * s), 1.0)
+            for (x, y, w, h) in found
+        ]
+
+
+HAAR_TO_YUNET_SIDE = 1.09
 
 
 def make_detector(yunet_path: Path | None, score_threshold: float = 0.7, min_face_px: int = 40) -> FaceDetector:

@@ -90,7 +90,8 @@ def analyse_frame(
     faces = detector.detect(image_bgr)
     if not faces:
         return []
-    ages = model.predict_rgb([crop_face_rgb(image_bgr, face) for face in faces])
+    margin = model.metadata.face_margin
+    ages = model.predict_rgb([crop_face_rgb(image_bgr, face, margin) for face in faces])
     results = []
     for face, age in zip(faces, ages):
         age = float(age)

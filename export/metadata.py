@@ -31,6 +31,7 @@ class ModelCard(BaseModel):
     split_file: str | None = None
     id_check_buffer_years: float | None = None
     mae_uncertainty_years: float | None = None
+    face_margin: float | None = None
 
 
 def read_model_card(model_path: Path) -> tuple[ModelCard, Path | None]:
@@ -86,6 +87,7 @@ def build_metadata(
         calibration_method=calibration_method,
         id_check_buffer_years=card.id_check_buffer_years,
         mae_uncertainty_years=card.mae_uncertainty_years,
+        **({"face_margin": card.face_margin} if card.face_margin is not None else {}),
     )
 
 

@@ -17,7 +17,12 @@ YUNET = SHARED / "models" / "face_detection_yunet_2023mar.onnx"
 
 
 def build_tiny_age_onnx(
-    path: Path, input_size: int = 32, scale: float = 60.0, offset: float = 5.0, with_metadata: bool = True
+    path: Path,
+    input_size: int = 32,
+    scale: float = 60.0,
+    offset: float = 5.0,
+    with_metadata: bool = True,
+    **metadata_fields,
 ) -> Path:
     """A real ONNX age model: age = offset + scale * mean(pixels) / 255, shape (N, 1).
 
@@ -50,7 +55,8 @@ def build_tiny_age_onnx(
     model.ir_version = 8
     if with_metadata:
         meta = ModelMetadata(
-            agetool_version=__version__, input_size=input_size, backbone="tiny-test", variant="fp32"
+            agetool_version=__version__, input_size=input_size, backbone="tiny-test", variant="fp32",
+            **metadata_fields,
         )
         onnx.helper.set_model_props(model, meta.to_props())
     onnx.checker.check_model(model)
