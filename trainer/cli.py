@@ -143,8 +143,11 @@ def evaluate(
     model: Optional[Path] = typer.Option(
         None, "--model", help=".onnx or .keras model (default: $AGETOOL_MODEL, else the shipped model)."
     ),
-    images: Path = typer.Option(
-        ..., "--images", help="Folder of face crops; or a data folder with labels.csv inside (then no --labels)."
+    images: list[Path] = typer.Option(
+        ...,
+        "--images",
+        help="Folder of face crops; or a data folder with labels.csv inside (then no --labels). "
+        "Repeat for several data folders read and split as one set.",
     ),
     labels: Optional[Path] = typer.Option(None, "--labels", help="CSV with file_name,real_age for --images."),
     split_file: Optional[Path] = typer.Option(None, "--split", help="Split file: evaluate only --subset of it."),

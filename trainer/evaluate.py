@@ -33,6 +33,7 @@ from agetool.trainer.data import (
     atomic_write_bytes,
     load_faces,
     read_dataset,
+    read_datasets,
     read_labelled_images,
 )
 
@@ -362,21 +363,28 @@ def evaluate_model(
 
 
 def load_eval_rows(
-    images: str | Path,
+    images: str | Path | Sequence[str | Path],
     labels: str | Path | None = None,
     split_file: str | Path | None = None,
     subset: str | None = None,
 ) -> tuple[pd.DataFrame, list[Problem]]:
-    """Rows to evaluate: a folder of crops + a file_name,real_age CSV, or a data folder (seeds'
-    layout with labels.csv inside, or APPA-REAL). With a split file, only `subset` (default
-    test) of it; with APPA-REAL's own split, `subset` picks from that."""
-    images = Path(images)
+    """Rows to evaluate: a folder of crops + a file_name,real_age CSV, or one or more data folders
+    (seeds' layout with labels.csv inside, or APPA-REAL; several are read as one set, like the
+    trainer's). With a split file, only `subset` (default test) of it; with APPA-REAL's own
+    split, `subset` picks from that."""
+    folders = [Path(images)] if isinstance(images, (str, Path)) else [Path(f) for f in images]
+    if not folders:
+        raise AgetoolError("--images: give at least one folder")
     if labels is not None:
-        rows, problems = read_labelled_images(images, labels)
+        if len(folders) > 1:
+            raise AgetoolError("--labels: goes with one --images folder, not several")
+        rows, problems = read_labelled_images(folders[0], labels)
     else:
-        if images.is_dir() and not (images / "labels.csv").is_file() and not any(images.glob("gt_avg_*.csv")):
-            raise AgetoolError(f"--images {images}: no labels.csv inside; pass --labels FILE.csv (file_name,real_age)")
-        rows, problems = read_dataset(images)
+        for folder in folders:
+            if folder.is_dir() and not (folder / "labels.csv").is_file() and not any(folder.glob("gt_avg_*.csv")):
+                raise AgetoolError(f"--images {folder}: no labels.csv inside; pass --labels FILE.csv (file_name,real_age)")
+        rows, problems = read_datasets(folders) if len(folders) > 1 else read_dataset(folders[0])
+    images = ", ".join(str(f) for f in folders)
     if subset is not None and subset not in ("train", "val", "test"):
         raise AgetoolError(f"--subset {subset}: expected train, val or test")
     if split_file is not None:
@@ -393,7 +401,7 @@ def load_eval_rows(
 
 def evaluate_folder(
     model_path: str | Path,
-    images: str | Path,
+    images: str | Path | Sequence[str | Path],
     labels: str | Path | None = None,
     split_file: str | Path | None = None,
     subset: str | None = None,
@@ -428,7 +436,7 @@ def evaluate_folder(
     label_lines = [f"{p.dataset}/{p.file_name}: {p.reason}" for p in problems]
     report.n_skipped += len(problems)
     report.skipped = (label_lines + report.skipped)[:100]
-    report.data = str(images)
+    report.data = str(images) if isinstance(images, (str, Path)) else ", ".join(str(f) for f in images)
     if split_file is not None or subset is not None:
         report.subset = subset or "test"
     if predictions_out is not None and report.predictions is not None:
