@@ -44,5 +44,5 @@ def report(
     from agetool.edge_runtime.analytics_report import build_report
 
     result = build_report(db, out, since, until, k=k)
-    typer.echo(f"report: {result.out_dir / 'report.md'} ({result.n_receipts} receipt(s), "
-               f"{result.n_shoppers} shopper(s) counted)", err=True)
+    typer.echo(f"report: {result.out_dir / 'report.md'} ({result.receipts_shown} receipt(s) and "
+               f"{result.shoppers_shown} shopper(s) in the cells shown)", err=True)

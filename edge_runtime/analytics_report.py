@@ -188,15 +188,44 @@ def export_receipts(db_path: Path | None, out: Path, since: str, until: str | No
 
 
 # --- Small-cell suppression ---------------------------------------------------------------------
-def cell(count: int | float, k: int) -> str:
-    """A count as shown in the report: '<k' below k (0 stays 0: an empty cell says nothing)."""
+HIDDEN = "hidden"
+
+
+def cell(count: int | float, k: int, hidden: bool | None = None) -> str:
+    """A count as shown in the report: '<k' below k (0 stays 0: an empty cell says nothing), and
+    'hidden' for a cell of k or more hidden so that a '<k' beside it cannot be worked out."""
     count = int(count)
-    return f"<{k}" if 0 < count < k else str(count)
+    if hidden is None:
+        hidden = 0 < count < k
+    if not hidden:
+        return str(count)
+    return f"<{k}" if count < k else HIDDEN
 
 
-def shown(counts: "pd.DataFrame", k: int) -> "pd.DataFrame":
-    """Counts with the cells below k set to 0, for charts."""
-    return counts.where(counts >= k, 0)
+def small_cells(counts: "pd.DataFrame", k: int) -> "pd.DataFrame":
+    """True where a count is 1..k-1."""
+    return (counts > 0) & (counts < k)
+
+
+def hide_with_margins(counts: "pd.DataFrame", hidden: "pd.DataFrame", level: str) -> "pd.DataFrame":
+    """Secondary suppression: in each group of `level` (a lane) and band, a single hidden cell would
+    be the group's total (shown elsewhere) minus the shown cells, so the smallest other non-zero
+    cell is hidden too."""
+    hidden = hidden.copy()
+    for _group, block in counts.groupby(level=level):
+        for band in counts.columns:
+            column, column_hidden = block[band], hidden.loc[block.index, band]
+            if int(column_hidden.sum()) != 1:
+                continue
+            others = column[(~column_hidden) & (column > 0)]
+            if not others.empty:
+                hidden.loc[others.idxmin(), band] = True
+    return hidden
+
+
+def shown(counts: "pd.DataFrame", hidden: "pd.DataFrame") -> "pd.DataFrame":
+    """Counts with the hidden cells set to 0, for charts and the sums the report prints."""
+    return counts.where(~hidden, 0)
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -216,8 +245,8 @@ def band_columns(frame: "pd.DataFrame") -> list[str]:
 class ReportResult:
     out_dir: Path
     files: list[Path] = field(default_factory=list)
-    n_receipts: int = 0
-    n_shoppers: int = 0
+    receipts_shown: int = 0  # in the bands the report shows (at least k receipts)
+    shoppers_shown: int = 0  # in the lane x band cells the report shows
 
 
 def _pivot(frame: "pd.DataFrame", index: list[str], values: str, aggfunc: str) -> "pd.DataFrame":
@@ -229,25 +258,48 @@ def _pivot(frame: "pd.DataFrame", index: list[str], values: str, aggfunc: str) -
     return table.reindex(columns=band_columns(table), fill_value=0)
 
 
-def shoppers_sections(counts: "pd.DataFrame", k: int) -> tuple[list[str], "pd.DataFrame", "pd.DataFrame"]:
-    """Markdown for shoppers per band and lane, and per hour of day and lane; the two tables."""
+@dataclass
+class ShopperTables:
+    """Shoppers per lane x band, and per (lane, hour of day) x band, with what each hides."""
+
+    by_lane: "pd.DataFrame"
+    by_lane_hidden: "pd.DataFrame"
+    by_hour: "pd.DataFrame"
+    by_hour_hidden: "pd.DataFrame"
+
+    @property
+    def shown_total(self) -> int:
+        return int(shown(self.by_lane, self.by_lane_hidden).to_numpy().sum())
+
+
+def shopper_tables(counts: "pd.DataFrame", k: int) -> ShopperTables:
     counts = counts.assign(hour_of_day=counts["hour_utc"].str.slice(11, 13) + ":00")
     by_lane = _pivot(counts, ["lane"], "shoppers", "sum")
-    by_hour_lane = _pivot(counts, ["lane", "hour_of_day"], "shoppers", "sum")
-    bands = list(by_lane.columns)
+    by_hour = _pivot(counts, ["lane", "hour_of_day"], "shoppers", "sum")
+    return ShopperTables(by_lane, small_cells(by_lane, k), by_hour,
+                         hide_with_margins(by_hour, small_cells(by_hour, k), level="lane") if not by_hour.empty
+                         else small_cells(by_hour, k))
+
+
+def shoppers_section(tables: ShopperTables, k: int) -> list[str]:
+    """Markdown for shoppers per band and lane, and per hour of day and lane."""
     parts = ["## Shoppers per age band and lane", "",
              "One count per shopper (a face followed across frames), when they leave the till.", ""]
-    if by_lane.empty:
-        parts += ["No shoppers counted in this period.", ""]
-    else:
-        parts += [markdown_table(["lane"] + bands,
-                                 [[str(lane)] + [cell(v, k) for v in row] for lane, row in by_lane.iterrows()]), ""]
-        parts += ["## Shoppers per age band, hour of day (UTC) and lane", "", "![shoppers by hour](shoppers_by_hour.png)", "",
-                  markdown_table(["lane", "hour (UTC)"] + bands,
-                                 [[str(lane), hour] + [cell(v, k) for v in row]
-                                  for (lane, hour), row in by_hour_lane.iterrows()]), "",
-                  "Per calendar hour: `shoppers_by_hour_lane.csv` (same suppression).", ""]
-    return parts, by_lane, by_hour_lane
+    if tables.by_lane.empty:
+        return parts + ["No shoppers counted in this period.", ""]
+    bands = list(tables.by_lane.columns)
+    lane_rows = [[str(lane)] + [cell(v, k, h) for v, h in zip(row, tables.by_lane_hidden.loc[lane])]
+                 for lane, row in tables.by_lane.iterrows()]
+    hour_rows = [[str(lane), hour] + [cell(v, k, h) for v, h in zip(row, tables.by_hour_hidden.loc[(lane, hour)])]
+                 for (lane, hour), row in tables.by_hour.iterrows()]
+    parts += [markdown_table(["lane"] + bands, lane_rows), ""]
+    parts += ["## Shoppers per age band, hour of day (UTC) and lane", "",
+              "![shoppers by hour](shoppers_by_hour.png)", "",
+              markdown_table(["lane", "hour (UTC)"] + bands, hour_rows), ""]
+    if (tables.by_hour_hidden & ~small_cells(tables.by_hour, k)).to_numpy().any():
+        parts += [f"`{HIDDEN}`: k or more shoppers, hidden because with the lane totals above it would "
+                  f"give away a `<{k}` cell.", ""]
+    return parts
 
 
 def receipts_by_band(receipts: "pd.DataFrame") -> "pd.DataFrame":
@@ -265,7 +317,9 @@ def receipts_by_band(receipts: "pd.DataFrame") -> "pd.DataFrame":
 
 def receipts_section(table: "pd.DataFrame", k: int) -> list[str]:
     rows = []
-    total_receipts = int(table["receipts"].sum())
+    # Shares of the receipts in shown bands: a share of all receipts would give the total away, and
+    # with it a single '<k' band.
+    total_receipts = int(table.loc[table["receipts"] >= k, "receipts"].sum())
     for band, row in table.iterrows():
         n = int(row["receipts"])
         if n < k:
@@ -274,7 +328,7 @@ def receipts_section(table: "pd.DataFrame", k: int) -> list[str]:
         rows.append([band, str(n), f"{row['value']:.2f}", f"{row['mean_basket']:.2f}",
                      f"{row['median_basket']:.2f}", f"{100.0 * n / total_receipts:.1f} %"])
     return ["## Receipts and basket value per age band", "", "![receipts by band](receipts_by_band.png)", "",
-            markdown_table(["band", "receipts", "value", "mean basket", "median basket", "share of receipts"], rows),
+            markdown_table(["band", "receipts", "value", "mean basket", "median basket", "share of shown receipts"], rows),
             "", f"Bands with fewer than {k} receipts show `<{k}` and no value.", ""]
 
 
@@ -311,8 +365,11 @@ def _save_png(path: Path, draw: Callable[["object"], None], size: tuple[float, f
     return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
 
 
-def chart_shoppers_by_hour(path: Path, by_hour_lane: "pd.DataFrame", k: int) -> Path:
-    hourly = shown(by_hour_lane, k).groupby(level="hour_of_day").sum() if not by_hour_lane.empty else by_hour_lane
+def chart_shoppers_by_hour(path: Path, tables: ShopperTables, k: int) -> Path:
+    by_hour = tables.by_hour
+    hours_of_day = [f"{hour:02d}:00" for hour in range(24)]
+    hourly = (shown(by_hour, tables.by_hour_hidden).groupby(level="hour_of_day").sum() if not by_hour.empty
+              else by_hour).reindex(hours_of_day, fill_value=0)
 
     def draw(figure: "object") -> None:
         axes = figure.add_subplot()
@@ -325,7 +382,7 @@ def chart_shoppers_by_hour(path: Path, by_hour_lane: "pd.DataFrame", k: int) -> 
         axes.set_xlabel("hour of day (UTC)")
         axes.set_ylabel("shoppers")
         axes.set_title(f"Shoppers per age band and hour, all lanes (cells < {k} left out)")
-        if hours:
+        if len(hourly.columns):
             axes.legend(fontsize="small", ncols=2)
         axes.tick_params(axis="x", labelrotation=90)
 
@@ -349,12 +406,6 @@ def chart_receipts_by_band(path: Path, table: "pd.DataFrame", k: int) -> Path:
     return _save_png(path, draw)
 
 
-def _suppressed_hourly_csv(counts: "pd.DataFrame", k: int) -> "pd.DataFrame":
-    out = counts.copy()
-    out["shoppers"] = [cell(v, k) for v in out["shoppers"]]
-    return out
-
-
 def build_report(
     db_path: Path | None,
     out_dir: Path,
@@ -363,7 +414,7 @@ def build_report(
     k: int = DEFAULT_K,
     top_n: int = DEFAULT_TOP_CATEGORIES,
 ) -> ReportResult:
-    """report.md, two PNG charts and the per-hour CSV in out_dir, from the analytics file."""
+    """report.md and two PNG charts in out_dir, from the analytics file."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -378,25 +429,25 @@ def build_report(
     finally:
         db.close()
     out_dir = Path(out_dir)
-    result = ReportResult(out_dir, n_receipts=len(receipts), n_shoppers=int(counts["shoppers"].sum()))
-    shopper_parts, _by_lane, by_hour_lane = shoppers_sections(counts, k)
+    tables = shopper_tables(counts, k)
     table = receipts_by_band(receipts)
+    shown_receipts = int(table.loc[table["receipts"] >= k, "receipts"].sum())
+    result = ReportResult(out_dir, receipts_shown=shown_receipts, shoppers_shown=tables.shown_total)
     parts = [
         "# Purchases by age group", "",
         f"- Period: {period.describe()}",
-        f"- Shoppers counted: {cell(result.n_shoppers, k)}; receipts: {cell(result.n_receipts, k)}",
-        f"- Cells with fewer than {k} shoppers or receipts are shown as `<{k}` and left out of the charts.",
+        f"- Shoppers counted, in the cells shown: {result.shoppers_shown}; receipts, in the bands shown: "
+        f"{result.receipts_shown}",
+        f"- Cells with fewer than {k} shoppers or receipts are shown as `<{k}` and left out of the charts "
+        "and of every sum and share (so no small cell can be worked out from them).",
         "- Band `unknown`: no face at the till, or an estimate too uncertain to name one band (docs/privacy.md).",
         "",
-        *shopper_parts,
+        *shoppers_section(tables, k),
         *receipts_section(table, k),
         *categories_section(items, table, k, top_n),
     ]
-    result.files.append(chart_shoppers_by_hour(out_dir / "shoppers_by_hour.png", by_hour_lane, k))
+    result.files.append(chart_shoppers_by_hour(out_dir / "shoppers_by_hour.png", tables, k))
     result.files.append(chart_receipts_by_band(out_dir / "receipts_by_band.png", table, k))
-    hourly_csv = _suppressed_hourly_csv(counts, k)
-    result.files.append(atomic_write(out_dir / "shoppers_by_hour_lane.csv",
-                                     lambda tmp: hourly_csv.to_csv(tmp, index=False)))
     # report.md last: a report that exists has its charts beside it.
     result.files.append(atomic_write_text(out_dir / "report.md", "\n".join(parts)))
     return result
