@@ -7,6 +7,7 @@ import sqlite3
 import threading
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -246,3 +247,15 @@ def test_retention_purges_at_start_on_demand_and_on_schedule(tmp_path):
         scheduled.stop()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM receipt_items").fetchone()[0] == 0
+
+
+def test_docs_privacy_names_every_table_and_column(tmp_path):
+    store = AnalyticsStore(tmp_path / "a.sqlite", 90, 3600)
+    store.stop()
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "privacy.md").read_text()
+    with sqlite3.connect(tmp_path / "a.sqlite") as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            assert f"`{table}`" in doc, table
+            for column in (r[1] for r in conn.execute(f"PRAGMA table_info({table})")):
+                assert f"`{column}`" in doc, (table, column)
