@@ -143,7 +143,7 @@ def daemon_run(tmp_path_factory, shared_faces) -> DaemonRun:
         try:
             serve.wait_ready(client)
             for lane in ("lane-a", "lane-b"):
-                wait_for(lambda: tracked(client, lane, ages), 20, f"a tracked face in {lane}")
+                wait_for(lambda lane=lane: tracked(client, lane, ages), 20, f"a tracked face in {lane}")
             for index in range(1, 10):
                 answer = client.post(f"/v1/lanes/{lane_of(index)}/receipts", json=body(index))
                 assert answer.status_code == 201, answer.text
