@@ -259,3 +259,17 @@ def test_docs_privacy_names_every_table_and_column(tmp_path):
             assert f"`{table}`" in doc, table
             for column in (r[1] for r in conn.execute(f"PRAGMA table_info({table})")):
                 assert f"`{column}`" in doc, (table, column)
+
+
+def test_config_analytics_section_defaults_and_errors():
+    from agetool.edge_runtime.config import parse_config
+    from agetool.errors import ConfigError
+
+    lanes = [{"name": "till-1", "source": "/srv/frames"}]
+    config = parse_config({"lanes": lanes})
+    assert (config.analytics.retention_days, config.analytics.receipt_min_band_confidence) == (90, 0.5)
+    assert config.api.max_body_bytes == 256 * 1024
+    with pytest.raises(ConfigError, match=r"analytics\.retention_days: Input should be greater than or equal to 1"):
+        parse_config({"lanes": lanes, "analytics": {"retention_days": 0}})
+    with pytest.raises(ConfigError, match=r"analytics\.receipt_min_band_confidence"):
+        parse_config({"lanes": lanes, "analytics": {"receipt_min_band_confidence": 1.5}})
