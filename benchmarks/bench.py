@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from agetool.benchmarks.e2e import DEMO_SOURCE
 from agetool.benchmarks.floor import OpCount, PeakThroughput, count_ops, floor_ms, measure_peaks
 from agetool.benchmarks.machine import MachineInfo, load_average, machine_info
 from agetool.benchmarks.runtimes import (
@@ -64,6 +65,9 @@ class BenchConfig(BaseModel):
     e2e: str | None = "demo"
     detector: Path | None = None
     floor: bool = True
+    floor_matmul_size: int = Field(2048, ge=16, description="side of the square matmuls that measure the peak")
+    floor_windows: int = Field(6, ge=1)
+    floor_window_s: float = Field(0.3, gt=0)
     out: Path = Path("bench-report")
     worker_timeout_s: float = Field(900.0, gt=0)
 
@@ -257,6 +261,13 @@ class Target(BaseModel):
         return (self.model.name, self.runtime, self.provider + (f" {self.precision}" if self.precision else ""))
 
 
+def openvino_default_precision() -> str:
+    """What OpenVINO's CPU plugin computes float models in here unless told (bf16 / f32)."""
+    import openvino as ov
+
+    return str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name())
+
+
 def plan_targets(config: BenchConfig, onnx_models: list[ModelFile], keras: ModelFile | None) -> list[Target]:
     import onnxruntime as ort
 
@@ -270,7 +281,7 @@ def plan_targets(config: BenchConfig, onnx_models: list[ModelFile], keras: Model
                                   skip_reason=missing_provider(provider, available)))
         if config.openvino and model.variant in OPENVINO_VARIANTS:
             targets.append(Target(model=model, runtime=OPENVINO, provider="CPU", skip_reason=openvino_missing))
-            if model.variant == "fp32":
+            if model.variant == "fp32" and openvino_missing is None and openvino_default_precision() != "f32":
                 # OpenVINO computes an FP32 file in bf16 on CPUs with AVX512-BF16/AMX: time true FP32 too.
                 targets.append(Target(model=model, runtime=OPENVINO, provider="CPU", precision="f32",
                                       skip_reason=openvino_missing))
@@ -369,6 +380,8 @@ def check_config(config: BenchConfig) -> None:
         raise AgetoolError("--providers: give at least one (cpu, cuda, tensorrt)")
     for alias in config.providers:
         provider_name(alias)
+    if config.e2e is not None and config.e2e != DEMO_SOURCE and not Path(config.e2e).expanduser().exists():
+        raise AgetoolError(f"--e2e {config.e2e}: no such image, folder or video (or use demo / none)")
     if config.detector is not None and not config.detector.is_file():
         raise AgetoolError(f"--detector {config.detector}: file not found (a YuNet .onnx was expected)")
     if config.out.exists() and not config.out.is_dir():
@@ -394,7 +407,9 @@ def run_bench(config: BenchConfig) -> BenchReport:
     peak = None
     if config.floor:
         log.info("bench: measuring this machine's matmul peak")
-        peak = measure_peaks(machine.has_vnni, threads=config.threads)
+        peak = measure_peaks(
+            machine.has_vnni, config.floor_matmul_size, config.floor_windows, config.floor_window_s, config.threads
+        )
         for model in onnx_models:
             model.ops = count_ops(model.path, batches)
 
