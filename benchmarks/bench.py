@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from agetool.benchmarks.e2e import DEMO_SOURCE
-from agetool.benchmarks.floor import OpCount, PeakThroughput, count_ops, floor_ms, measure_peaks
+from agetool.benchmarks.floor import OpCount, PeakThroughput, count_ops, floor_ms, measure_peaks, merge_peaks
 from agetool.benchmarks.machine import MachineInfo, load_average, machine_info
 from agetool.benchmarks.runtimes import (
     OPENVINO,
@@ -134,7 +134,8 @@ class BenchReport(BaseModel):
     machine: MachineInfo
     config: dict
     labelled_set: dict
-    floor: PeakThroughput | None
+    floor: PeakThroughput | None = Field(description="the best of floor_measurements, field by field")
+    floor_measurements: list[PeakThroughput] = Field(default_factory=list, description="at the start and at the end")
     models: list[ModelFile]
     rows: list[BenchRow]
     accuracy: list[AccuracyEntry]
@@ -258,7 +259,7 @@ class Target(BaseModel):
 
     @property
     def key(self) -> tuple[str, str, str]:
-        return (self.model.name, self.runtime, self.provider + (f" {self.precision}" if self.precision else ""))
+        return (self.model.name, self.runtime, short_provider(self.provider) + (f" {self.precision}" if self.precision else ""))
 
 
 def openvino_default_precision() -> str:
@@ -404,12 +405,17 @@ def run_bench(config: BenchConfig) -> BenchReport:
     machine = machine_info()
     log.info("bench: %s, %d cores, load %s", machine.cpu_model, machine.logical_cpus, machine.load_average_start)
 
-    peak = None
+    peaks: list[PeakThroughput] = []
+
+    def measure_floor() -> None:
+        if config.floor:
+            log.info("bench: measuring this machine's matmul peak")
+            peaks.append(measure_peaks(
+                machine.has_vnni, config.floor_matmul_size, config.floor_windows, config.floor_window_s, config.threads
+            ))
+
+    measure_floor()
     if config.floor:
-        log.info("bench: measuring this machine's matmul peak")
-        peak = measure_peaks(
-            machine.has_vnni, config.floor_matmul_size, config.floor_windows, config.floor_window_s, config.threads
-        )
         for model in onnx_models:
             model.ops = count_ops(model.path, batches)
 
@@ -421,7 +427,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
     detector = config.detector or default_detector_path()
     with tempfile.TemporaryDirectory(prefix="agetool-bench-") as scratch:
         for index, target in enumerate(targets, 1):
-            label = f"{target.model.name} on {RUNTIME_LABELS[target.runtime]} {short_provider(target.provider)}"
+            label = f"{target.model.name} on {RUNTIME_LABELS[target.runtime]} {target.key[2]}"
             if target.skip_reason:
                 log.info("bench: [%d/%d] %s: skipped (%s)", index, len(targets), label, target.skip_reason)
                 result = WorkerResult(status=f"failed: {target.skip_reason}")
@@ -452,6 +458,8 @@ def run_bench(config: BenchConfig) -> BenchReport:
                 result = run_worker(job, config.worker_timeout_s)
                 e2e_rows.append(E2ERow(model=model.name, variant=model.variant, status=result.status, result=result.e2e))
 
+    measure_floor()  # again at the end: a burst of other work during the first one cannot set the floor
+    peak = merge_peaks(peaks) if peaks else None
     fill_derived(rows, accuracy, all_models, peak)
     machine.load_average_end = load_average()
     report = BenchReport(
@@ -459,24 +467,37 @@ def run_bench(config: BenchConfig) -> BenchReport:
         config=json.loads(config.model_dump_json()),
         labelled_set=labelled,
         floor=peak,
+        floor_measurements=peaks,
         models=all_models,
         rows=rows,
         accuracy=accuracy,
         e2e=e2e_rows,
         wall_time_s=round(time.monotonic() - started, 1),
-        notes=report_notes(machine, labelled),
+        notes=report_notes(machine, labelled, rows),
     )
     write_report(report, config.out)
     return report
 
 
-def report_notes(machine: MachineInfo, labelled: dict) -> list[str]:
+def report_notes(machine: MachineInfo, labelled: dict, rows: list[BenchRow]) -> list[str]:
     notes = []
     start = machine.load_average_start[0] if machine.load_average_start else None
     if start is not None and start > 0.5:
         notes.append(
             f"The 1-minute load average was {start:g} on {machine.logical_cpus} logical CPUs when the bench started: "
             "other work shared the cores, so latencies are higher and noisier than on an idle till PC."
+        )
+    starved = [r for r in rows if r.cpu_per_wall is not None and r.cpu_per_wall < 1.0]
+    if starved and machine.logical_cpus > 1:
+        notes.append(
+            f"{len(starved)} row(s) got less than one full core on average while timed (CPU/wall < 1.0 although every "
+            "runtime uses all cores by default): their latencies mostly measure other work on the machine."
+        )
+    below = [r for r in rows if r.x_floor is not None and r.x_floor < 1.0]
+    if below:
+        notes.append(
+            f"{len(below)} row(s) ran faster than the floor (× floor < 1): the matmul peak was itself measured under "
+            "load or the runtime's convolution kernels beat a plain matmul here, so read those floors as approximate."
         )
     if not labelled:
         notes.append("No labelled set (--images): MAE columns are empty and the timing pool is the demo face.")

@@ -271,3 +271,17 @@ def measure_peaks(
         windows=windows,
         window_s=window_s,
     )
+
+
+def merge_peaks(measurements: list[PeakThroughput]) -> PeakThroughput:
+    """The best of several measurements of the same machine, field by field: other work on a
+    shared machine can only lower a peak, never raise it."""
+    if not measurements:
+        raise ValueError("merge_peaks needs at least one measurement")
+    fields = ("fp32_gflops_numpy", "fp32_gflops_onnxruntime", "fp32_gflops_openvino", "fp32_gflops",
+              "bf16_gflops_openvino", "int8_gops_onnxruntime")
+    best: dict[str, float | None] = {}
+    for name in fields:
+        values = [getattr(m, name) for m in measurements if getattr(m, name) is not None]
+        best[name] = max(values) if values else None
+    return measurements[0].model_copy(update=best)

@@ -31,6 +31,8 @@ E2E_STAGES = ("decode", "detect", "crop", "infer", "decide")
 def _fmt(value: Any, digits: int = 2, signed: bool = False) -> str:
     if value is None:
         return "–"
+    if isinstance(value, float) and signed and round(value, digits) == 0:
+        return f"{0:.{digits}f}"
     if isinstance(value, float):
         return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
     return str(value)
@@ -64,7 +66,20 @@ def row_cells(row: "BenchRow") -> list[str]:
 
 
 def results_table(report: "BenchReport") -> str:
-    return md_table(ROW_COLUMNS, [row_cells(r) for r in report.rows])
+    """One line per row; the batches of a (model, runtime, provider) that failed for one reason share a line."""
+    lines: list[list[str]] = []
+    previous: "BenchRow | None" = None
+    for row in report.rows:
+        same_failure = (
+            previous is not None and row.status != "ok" and previous.status == row.status
+            and (previous.model, previous.runtime, previous.provider) == (row.model, row.runtime, row.provider)
+        )
+        if same_failure:
+            lines[-1][3] += f", {row.batch}"
+        else:
+            lines.append(row_cells(row))
+        previous = row
+    return md_table(ROW_COLUMNS, lines)
 
 
 def _label(entry: Any) -> str:
@@ -203,7 +218,7 @@ def render_markdown(report: "BenchReport") -> str:
         "",
         "## End to end (register pipeline)",
         "",
-        "Frame (JPEG bytes in hand) → decode → YuNet detect → crop+resize → infer (ONNX Runtime CPU, "
+        "Frame (JPEG bytes in hand) → decode → detect (YuNet unless noted) → crop+resize → infer (ONNX Runtime CPU, "
         "batch 1) → track + decide, one frame at a time with the daemon's defaults; "
         "% = share of the time in each stage.",
         "",
@@ -299,7 +314,7 @@ def mae_band_plot(report: "BenchReport") -> bytes:
     ax.set_ylabel("MAE (years)")
     ax.set_title("MAE by age band")
     if entries:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _figure_bytes(fig)
 
 

@@ -149,6 +149,8 @@ def test_report_files_are_written_and_readable(bench_run) -> None:
     _, report, out = bench_run
     data = json.loads((out / REPORT_JSON).read_text())
     assert {"machine", "config", "labelled_set", "floor", "models", "rows", "accuracy", "e2e", "notes"} <= set(data)
+    assert len(data["floor_measurements"]) == 2  # at the start and at the end
+    assert data["floor"]["fp32_gflops"] == max(m["fp32_gflops"] for m in data["floor_measurements"])
     assert data["machine"]["cpu_model"] and data["machine"]["libraries"]["onnxruntime"]
     assert data["machine"]["load_average_start"] and data["machine"]["load_average_end"]
     for name in (LATENCY_PNG, MAE_PNG, MAE_BANDS_PNG):
@@ -159,7 +161,10 @@ def test_report_files_are_written_and_readable(bench_run) -> None:
                    "## Physical floor", "## End to end", "## Accuracy on the labelled set", "mae_by_band.png"):
         assert needle in markdown, needle
     results = markdown.split("## Results", 1)[1].split("## Accuracy", 1)[0]
-    assert len([line for line in results.splitlines() if line.startswith("| fp")]) == len(report.rows)
+    failed_groups = {(r.model, r.runtime, r.provider) for r in report.rows if r.status != "ok"}
+    ok_rows = [r for r in report.rows if r.status == "ok"]
+    assert len([line for line in results.splitlines() if line.startswith("| fp")]) == len(ok_rows) + len(failed_groups)
+    assert "| ONNX Runtime | TensorRT | 1, 4 | failed: TensorrtExecutionProvider not available" in results
     assert not list(out.glob(".*.tmp"))
 
 
