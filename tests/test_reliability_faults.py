@@ -281,6 +281,14 @@ def start_serve(config: Path, work: Path, log_name: str) -> subprocess.Popen:
                                 stdout=log_file, stderr=subprocess.STDOUT)
 
 
+def counted(db: Path) -> int:
+    """Shoppers in the file so far; 0 while the daemon is still creating it."""
+    try:
+        return sum(n for *_, n in read_counts(db)) if db.exists() else 0
+    except sqlite3.OperationalError:  # the file exists a moment before its tables
+        return 0
+
+
 def shoppers_left(events: Path) -> int:
     if not events.exists():
         return 0
@@ -311,7 +319,7 @@ def test_sigkill_then_sigterm_while_serving_and_model_deleted(tmp_path, shared_f
     # 1. SIGKILL while counts are being flushed five times a second: the file stays consistent.
     proc = start_serve(config_with(0.2, "events1.jsonl"), work, "serve1.log")
     try:
-        wait_for(lambda: db.exists() and sum(n for *_, n in read_counts(db)) >= 3, 60, "counts flushed")
+        wait_for(lambda: counted(db) >= 3, 60, "counts flushed")
         time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGKILL)
