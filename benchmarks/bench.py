@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,9 +33,12 @@ from agetool.benchmarks.runtimes import (
 )
 from agetool.benchmarks.timing import TimingPlan
 from agetool.benchmarks.worker import WorkerJob, WorkerResult
-from agetool.contract import BAND_NAMES, ModelMetadata
+from agetool.contract import ModelMetadata
 from agetool.errors import AgetoolError
 from agetool.trainer.data import DEFAULT_SEED
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +179,7 @@ def read_keras_file(path: Path, input_size: int) -> ModelFile:
     )
 
 
-def labelled_rows(config: BenchConfig):
+def labelled_rows(config: BenchConfig) -> "tuple[pd.DataFrame | None, dict]":
     """(rows with path and real_age, a description) or (None, {}) without --images."""
     from agetool.trainer.evaluate import load_eval_rows
 
@@ -201,7 +205,16 @@ def labelled_rows(config: BenchConfig):
     return rows, description
 
 
-def pool_paths(rows, seed: int) -> list[str]:
+def unique_names(models: list[ModelFile]) -> list[ModelFile]:
+    """Rows are keyed by file name: two files both called model.onnx become dir_a/model.onnx, dir_b/model.onnx."""
+    names = [m.name for m in models]
+    for model in models:
+        if names.count(model.name) > 1:
+            model.name = f"{Path(model.path).parent.name}/{model.name}"
+    return models
+
+
+def pool_paths(rows: "pd.DataFrame | None", seed: int) -> list[str]:
     if rows is None:
         return []
     order = np.random.default_rng(seed).permutation(len(rows))[:POOL_SIZE]
@@ -326,7 +339,7 @@ def rows_for(target: Target, result: WorkerResult, batches: list[int]) -> list[B
     return rows
 
 
-def score(target: Target, result: WorkerResult, rows) -> AccuracyEntry | None:
+def score(target: Target, result: WorkerResult, rows: "pd.DataFrame | None") -> AccuracyEntry | None:
     from agetool.trainer.evaluate import evaluate_predictions
 
     if rows is None or result.estimates is None or result.readable is None:
@@ -397,7 +410,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
     started = time.monotonic()
     check_config(config)
     batches = sorted(set(config.batches))
-    onnx_models = [read_onnx_model(Path(p)) for p in config.models]
+    onnx_models = unique_names([read_onnx_model(Path(p)) for p in dict.fromkeys(config.models)])
     keras = read_keras_file(config.keras, onnx_models[0].input_size) if config.keras is not None else None
     rows_df, labelled = labelled_rows(config)
     pool = pool_paths(rows_df, config.seed)
@@ -503,5 +516,3 @@ def report_notes(machine: MachineInfo, labelled: dict, rows: list[BenchRow]) -> 
         notes.append("No labelled set (--images): MAE columns are empty and the timing pool is the demo face.")
     return notes
 
-
-__all__ = ["BAND_NAMES", "BenchConfig", "BenchReport", "BenchRow", "run_bench"]

@@ -120,6 +120,9 @@ def run_model_job(job: WorkerJob) -> WorkerResult:
             runner.prepare(batch)
     except Exception as exc:  # noqa: BLE001 - any runtime's load error becomes this row's status
         return WorkerResult(status=failure(exc), base_rss_mb=base_rss)
+    if runner.input_size != job.input_size:  # a .keras file states its own input size only once loaded
+        job = job.model_copy(update={"input_size": runner.input_size})
+        pool = timing_pool(job)
     result = WorkerResult(
         status="ok", device=runner.device, precision=runner.precision,
         load_s=round(time.perf_counter() - started, 3), base_rss_mb=base_rss,
