@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agetool.benchmarks.e2e import DEMO_SOURCE
 from agetool.benchmarks.floor import OpCount, PeakThroughput, count_ops, floor_ms, measure_peaks, merge_peaks
@@ -55,7 +55,7 @@ class BenchConfig(BaseModel):
 
     models: list[Path] = Field(min_length=1)
     keras: Path | None = None
-    images: Path | None = None
+    images: list[Path] | None = None
     labels: Path | None = None
     split: Path | None = None
     subset: str | None = None
@@ -74,6 +74,14 @@ class BenchConfig(BaseModel):
     floor_window_s: float = Field(0.3, gt=0)
     out: Path = Path("bench-report")
     worker_timeout_s: float = Field(900.0, gt=0)
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _folders_as_list(cls, value):
+        """One data folder or several (read and split as one set)."""
+        if value is None or isinstance(value, (list, tuple)):
+            return list(value) if value else None
+        return [value]
 
 
 class ModelFile(BaseModel):
@@ -192,7 +200,7 @@ def labelled_rows(config: BenchConfig) -> "tuple[pd.DataFrame | None, dict]":
     if config.limit is not None and config.limit < len(rows):
         rows = rows.sample(n=config.limit, random_state=config.seed).reset_index(drop=True)
     description = {
-        "images": str(config.images),
+        "images": ", ".join(str(f) for f in config.images),
         "labels": str(config.labels) if config.labels else None,
         "split": str(config.split) if config.split else None,
         "subset": config.subset or ("test" if config.split else None),

@@ -30,8 +30,8 @@ def bench(
     ),
     more_models: Optional[List[Path]] = typer.Argument(None, hidden=True, metavar=""),
     keras: Optional[Path] = typer.Option(None, "--keras", help="The .keras source model: TensorFlow baseline rows."),
-    images: Optional[Path] = typer.Option(
-        None, "--images", help="Labelled faces for MAE: a data folder (labels.csv inside) or a folder with --labels."
+    images: Optional[list[Path]] = typer.Option(
+        None, "--images", help="Labelled faces for MAE: a data folder (labels.csv inside) or a folder with --labels; repeat for several data folders split as one set."
     ),
     labels: Optional[Path] = typer.Option(None, "--labels", help="CSV file_name,real_age for --images."),
     split: Optional[Path] = typer.Option(None, "--split", help="Split file: score only --subset of it."),
