@@ -84,6 +84,9 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in the run folder after a kill."),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Use at most this many training images."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Checkpoints and logs (default ~/.cache/agetool/runs/<out name>)."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop after the epoch that crosses this many seconds of wall time."),
+    checkpoint_every: int = typer.Option(1, "--checkpoint-every", help="Save the resumable checkpoint every N epochs."),
+    early_stop_patience: int = typer.Option(10, "--early-stop-patience", help="Epochs without a better val MAE before stopping."),
 ) -> None:
     """Train an age model (ResNet50 by default) and save model.keras + model_card.json."""
     from agetool.trainer.train import train as run_training
@@ -104,6 +107,9 @@ def train(
         resume=resume,
         max_images=max_images,
         run_dir=run_dir,
+        max_train_seconds=time_budget,
+        checkpoint_every=checkpoint_every,
+        early_stop_patience=early_stop_patience,
     )
     result = run_training(config)
     console = _console()
@@ -121,6 +127,9 @@ TRAIN_OPTION_NAMES = {
     "learning_rate": "--lr",
     "split_file": "--split",
     "augment": "--no-augment",
+    "max_train_seconds": "--time-budget",
+    "checkpoint_every": "--checkpoint-every",
+    "early_stop_patience": "--early-stop-patience",
 }
 
 
