@@ -84,6 +84,19 @@ def read_datasets(folders: Sequence[str | Path]) -> tuple[pd.DataFrame, list[Pro
     return pd.concat(frames, ignore_index=True), problems
 
 
+def read_usable(folders: Sequence[str | Path], max_logged: int = 20) -> pd.DataFrame:
+    """Rows of one or more data folders read as one set; skipped rows are logged (the first
+    `max_logged`), and a set with no usable image is an error naming the folders."""
+    rows, problems = read_datasets(folders)
+    for problem in problems[:max_logged]:
+        log.warning("skipped %s/%s: %s", problem.dataset, problem.file_name, problem.reason)
+    if len(problems) > max_logged:
+        log.warning("... and %d more skipped rows", len(problems) - max_logged)
+    if rows.empty:
+        raise AgetoolError(f"data folders {', '.join(map(str, folders))}: no usable labelled image")
+    return rows
+
+
 def _read_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -281,12 +294,7 @@ def split_datasets(
     test_fraction: float = 0.15,
 ) -> pd.DataFrame:
     """`agetool data split`: read the folders, split them, write the split file; returns the rows."""
-    rows, problems = read_datasets(folders)
-    for problem in problems[:20]:
-        log.warning("skipped %s/%s: %s", problem.dataset, problem.file_name, problem.reason)
-    if rows.empty:
-        raise AgetoolError(f"data folders {', '.join(map(str, folders))}: no usable labelled image to split")
-    rows = make_split(rows, seed, val_fraction, test_fraction)
+    rows = make_split(read_usable(folders), seed, val_fraction, test_fraction)
     write_split(rows, out_path)
     return rows
 

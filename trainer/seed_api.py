@@ -26,7 +26,7 @@ import pandas as pd
 from agetool.contract import DEFAULT_INPUT_SIZE
 from agetool.errors import AgetoolError
 from agetool.paths import ENV_IMAGENET_WEIGHTS
-from agetool.trainer.data import DEFAULT_SEED, load_faces, make_split, read_dataset
+from agetool.trainer.data import DEFAULT_SEED, load_faces, make_split, read_usable
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,7 @@ class FaceBatches(keras.utils.PyDataset):
 def _subset(
     path: str | Path, subset: str, seed: int, val_fraction: float, test_fraction: float, max_images: int | None
 ) -> pd.DataFrame:
-    rows, problems = read_dataset(path)
-    for problem in problems[:10]:
-        log.warning("skipped %s/%s: %s", problem.dataset, problem.file_name, problem.reason)
-    if rows.empty:
-        raise AgetoolError(f"{path}: no usable labelled image")
-    rows = make_split(rows, seed, val_fraction, test_fraction)
+    rows = make_split(read_usable([path]), seed, val_fraction, test_fraction)
     part = rows[rows["split"] == subset]
     if max_images is not None and len(part) > max_images:
         part = part.sample(n=max_images, random_state=seed).sort_index()

@@ -116,11 +116,7 @@ def machine_description() -> dict[str, Any]:
 # --- Data --------------------------------------------------------------------------------------
 def prepare_split(config: TrainConfig, run_dir: Path) -> pd.DataFrame:
     """Rows with a split column: from --split, else the run's own split (resume), else a new one."""
-    rows, problems = data_mod.read_datasets(config.data_dirs)
-    for problem in problems[:20]:
-        log.warning("skipped %s/%s: %s", problem.dataset, problem.file_name, problem.reason)
-    if len(problems) > 20:
-        log.warning("... and %d more skipped rows", len(problems) - 20)
+    rows = data_mod.read_usable(config.data_dirs)
     run_split = run_dir / "split.csv"
     if config.split_file:
         rows = data_mod.apply_split(rows, config.split_file)
