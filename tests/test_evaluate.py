@@ -200,3 +200,17 @@ def test_choose_buffer_finds_the_smallest_safe_step():
         choose_buffer([30, 40], [31, 41])
     hopeless = choose_buffer([10, 40], [90, 50], max_minor_pass_rate=0.0)
     assert not hopeless.met_target and hopeless.buffer_years == 20.0
+
+
+def test_model_buffer_rates_follow_the_daemons_lower_bound_rule():
+    """The daemon passes a shopper only when estimate - uncertainty >= 25 + buffer; evaluate's
+    'model buffer' rates must score that rule, not the bare estimate."""
+    true = np.array([16.0, 17.0, 30.0, 40.0, 28.0])
+    est = np.array([29.0, 33.0, 30.0, 40.0, 31.0])
+    metrics = evaluate_predictions(true, est, metadata_buffer_years=1.0, metadata_uncertainty_years=5.0)
+    at = metrics.rates_at_metadata_buffer
+    assert at.threshold_years == 26.0 and metrics.metadata_uncertainty_years == 5.0
+    # lower bounds 24, 28, 25, 35, 26: one of two minors passes, one of three adults is checked
+    assert at.minors_passed_rate == pytest.approx(0.5)
+    assert at.adults_checked_rate == pytest.approx(1 / 3, abs=1e-4)
+    assert metrics.minors_passed_rate == pytest.approx(1.0)  # bare estimates vs 25
