@@ -265,13 +265,15 @@ def _fit_stage(
     import keras
 
     state_cb = _run_callbacks(run_dir, inner_model, stage, best_so_far, wall_clock, config)
+    # The log row is written before the run state, so a kill between them can repeat an epoch
+    # after --resume but never leave one out of the log.
     callbacks = [
-        state_cb,
-        keras.callbacks.EarlyStopping(monitor="val_mae", patience=config.early_stop_patience, mode="min"),
+        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
         keras.callbacks.ReduceLROnPlateau(
             monitor="val_mae", factor=0.5, patience=config.reduce_lr_patience, min_lr=1e-6, mode="min"
         ),
-        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
+        state_cb,
+        keras.callbacks.EarlyStopping(monitor="val_mae", patience=config.early_stop_patience, mode="min"),
     ]
     val_data = (val_inputs["x"], val_inputs["y"]) if "y" in val_inputs else val_inputs["x"]
     fit_kwargs = dict(train_inputs)
@@ -340,6 +342,23 @@ def _float32_copy(model, config: TrainConfig):
     return clean
 
 
+def distribution_scope(gpus: list[str]):
+    """tf.distribute.MirroredStrategy's scope with several GPUs under TensorFlow, else a no-op.
+
+    (Under JAX, one GPU is used; keras.distribution.DataParallel would be the equivalent.)"""
+    import contextlib
+
+    import keras
+
+    if keras.backend.backend() == "tensorflow" and len(gpus) > 1:
+        import tensorflow as tf
+
+        strategy = tf.distribute.MirroredStrategy()
+        log.info("training on %d GPUs with MirroredStrategy", strategy.num_replicas_in_sync)
+        return strategy.scope()
+    return contextlib.nullcontext()
+
+
 def _use_mixed_precision(config: TrainConfig, gpus: list[str]) -> bool:
     return config.mixed_precision == "on" or (config.mixed_precision == "auto" and bool(gpus))
 
@@ -378,35 +397,37 @@ def train(config: TrainConfig) -> TrainResult:
     train_inputs = make_inputs(x_train, y_train, config.batch_size, True, config.seed)
     val_inputs = make_inputs(x_val, y_val, config.batch_size, False, config.seed)
 
-    last = run_dir / LAST_CHECKPOINT
-    if config.resume and state and last.is_file():
-        train_model = load_keras_model(last, compile=True)
-        inner = train_model.get_layer("age_model")
-        log.info("resuming %s at epoch %d (best val MAE %.3f)", run_dir, state["epoch"], state["best_val_mae"])
-    else:
-        inner = build_model(config.backbone, config.input_size, config.weights,
-                            head_bias_years=float(np.median(y_train)))
-        train_model = _training_model(inner, config)
-        state = {}
-    epoch = int(state.get("epoch", 0))
-    best = float(state.get("best_val_mae", np.inf))
-    pretrained = config.weights != "none"
-    # (wall time of earlier sessions of this run, when this session started)
-    wall_clock = (float(state.get("wall_time_s", 0.0)), started)
+    # One replica per GPU when TensorFlow sees several; a no-op scope otherwise.
+    with distribution_scope(gpus):
+        last = run_dir / LAST_CHECKPOINT
+        if config.resume and state and last.is_file():
+            train_model = load_keras_model(last, compile=True)
+            inner = train_model.get_layer("age_model")
+            log.info("resuming %s at epoch %d (best val MAE %.3f)", run_dir, state["epoch"], state["best_val_mae"])
+        else:
+            inner = build_model(config.backbone, config.input_size, config.weights,
+                                head_bias_years=float(np.median(y_train)))
+            train_model = _training_model(inner, config)
+            state = {}
+        epoch = int(state.get("epoch", 0))
+        best = float(state.get("best_val_mae", np.inf))
+        pretrained = config.weights != "none"
+        # (wall time of earlier sessions of this run, when this session started)
+        wall_clock = (float(state.get("wall_time_s", 0.0)), started)
 
-    if pretrained and config.head_epochs and state.get("stage", "head") == "head" and epoch < config.head_epochs:
-        backbone = backbone_of(inner)
-        backbone.trainable = False
-        compile_model(train_model, config.learning_rate * 10, config.loss)
-        epoch, best = _fit_stage(config, run_dir, train_model, inner, train_inputs, val_inputs,
-                                 "head", epoch, config.head_epochs, best, wall_clock)
-        backbone.trainable = True
-        compile_model(train_model, config.learning_rate, config.loss)
-    elif not (config.resume and state):
-        compile_model(train_model, config.learning_rate, config.loss)
-    if epoch < config.epochs:
-        epoch, best = _fit_stage(config, run_dir, train_model, inner, train_inputs, val_inputs,
-                                 "fine-tune", epoch, config.epochs, best, wall_clock)
+        if pretrained and config.head_epochs and state.get("stage", "head") == "head" and epoch < config.head_epochs:
+            backbone = backbone_of(inner)
+            backbone.trainable = False
+            compile_model(train_model, config.learning_rate * 10, config.loss)
+            epoch, best = _fit_stage(config, run_dir, train_model, inner, train_inputs, val_inputs,
+                                     "head", epoch, config.head_epochs, best, wall_clock)
+            backbone.trainable = True
+            compile_model(train_model, config.learning_rate, config.loss)
+        elif not (config.resume and state):
+            compile_model(train_model, config.learning_rate, config.loss)
+        if epoch < config.epochs:
+            epoch, best = _fit_stage(config, run_dir, train_model, inner, train_inputs, val_inputs,
+                                     "fine-tune", epoch, config.epochs, best, wall_clock)
 
     best_path = run_dir / BEST_CHECKPOINT
     final = load_keras_model(best_path) if best_path.is_file() else inner
