@@ -55,6 +55,9 @@ class ExportOptions(BaseModel):
     keep_head_float: bool = True
     val_size: int = Field(500, ge=1)
     opset: int = 17
+    # Crop margin the runtime must use for this model (see agetool.trainer.framing); None = the
+    # model card's, else the contract's APPA-style default.
+    face_margin: float | None = Field(None, ge=0, le=2)
     max_delta_mae: float = Field(0.3, ge=0)
     force: bool = False
 
@@ -298,6 +301,8 @@ def export_model(options: ExportOptions, console: Any = None) -> ExportReport:
                     card, input_size, spec.name, built.calibration_size, built.calibration_method,
                     fallback_val_mae=reference.keras_val_mae,
                 )
+                if options.face_margin is not None:
+                    metadata = metadata.model_copy(update={"face_margin": options.face_margin})
                 embed_metadata(temp, metadata)
                 steps.done()
                 steps.step(f"{spec.name}: verifying")

@@ -26,6 +26,9 @@ def export(
     opset: int = typer.Option(17, "--opset", help="ONNX opset (13..18)."),
     max_delta_mae: float = typer.Option(0.3, "--max-delta-mae", help="INT8 fails when its MAE is worse than Keras by more (years)."),
     force: bool = typer.Option(False, "--force", help="Write variants that fail their checks anyway."),
+    face_margin: Optional[float] = typer.Option(
+        None, "--face-margin", help="Crop margin the runtime uses for this model (`agetool data framing` measures it); default: the model card's, else 0.4 (APPA-style)."
+    ),
 ) -> None:
     """Export a .keras age model to verified ONNX files (FP32 always, FP16 / INT8 on request)."""
     from rich.console import Console
@@ -37,7 +40,7 @@ def export(
         model=model, out=out, fp16=fp16, int8=int8, calib=calib, val=val, split=split,
         calib_size=calib_size, calib_method=calib_method, int8_mode=int8_mode,
         int8_activations=int8_activations, keep_head_float=keep_head_float, val_size=val_size,
-        opset=opset, max_delta_mae=max_delta_mae, force=force,
+        opset=opset, max_delta_mae=max_delta_mae, force=force, face_margin=face_margin,
     )
     report = export_model(options, console=Console(stderr=True))
     # Piped to a file or CI log, rich would wrap at 80 columns and fold the table.

@@ -256,3 +256,17 @@ def test_unusable_models_are_refused(tmp_path: Path, tiny_keras: Path) -> None:
     with pytest.raises(AgetoolError, match="input_size 64 but m.keras takes 32 px"):
         export_model(ExportOptions(model=card_dir / "m.keras"))
     assert not any(card_dir.glob("*.onnx"))
+
+
+def test_face_margin_reaches_the_metadata(tiny_keras: Path, tmp_path: Path) -> None:
+    """The runtime crops with the margin the model states; export writes the one it is given."""
+    from agetool.contract import FACE_MARGIN
+    from agetool.edge_runtime.infer import OnnxAgeModel
+
+    model = tmp_path / "m" / "tiny_age.keras"
+    model.parent.mkdir()
+    model.write_bytes(tiny_keras.read_bytes())
+    export_model(ExportOptions(model=model))
+    assert OnnxAgeModel(model.parent / "tiny_age.onnx", providers="cpu").metadata.face_margin == FACE_MARGIN
+    export_model(ExportOptions(model=model, face_margin=0.02))
+    assert OnnxAgeModel(model.parent / "tiny_age.onnx", providers="cpu").metadata.face_margin == pytest.approx(0.02)

@@ -25,31 +25,9 @@ import pandas as pd
 from agetool.contract import DEFAULT_POLICY_AGE_YEARS, ModelMetadata, challenge25_rates
 from agetool.paths import DEFAULT_MODEL_FILE
 from agetool.trainer.evaluate import choose_buffer
+from agetool.trainer.framing import measure_face_margin
 
 MAX_MINOR_PASS_RATE = 0.01
-
-
-def measure_face_margin(detector_path: Path, image_paths: list[Path]) -> tuple[float, int]:
-    """The crop margin that frames a detected face as the training images did.
-
-    UTKFace chips are tight: YuNet's box covers ~97 % of the chip, so the runtime must crop
-    with almost no margin; an APPA-style 40 % margin shows the model a smaller face and its
-    estimates drift by decades. Returns (margin, faces measured)."""
-    import cv2
-    import numpy as np
-
-    detector = cv2.FaceDetectorYN.create(str(detector_path), "", (200, 200), 0.6)
-    shares = []
-    for path in image_paths:
-        image = cv2.imread(str(path))
-        if image is None:
-            continue
-        detector.setInputSize((image.shape[1], image.shape[0]))
-        _, faces = detector.detect(image)
-        if faces is not None:
-            shares.append(max(faces[0][2], faces[0][3]) / max(image.shape[:2]))
-    side_share = float(np.median(shares))
-    return round(max(0.0, (1.0 / side_share - 1.0) / 2.0), 3), len(shares)
 
 
 def main() -> None:
@@ -78,7 +56,7 @@ def main() -> None:
     folders = {folder.name: folder for folder in args.data}
     sample = val.sample(n=min(600, len(val)), random_state=0)
     face_margin, n_framed = measure_face_margin(
-        args.detector, [folders[d] / "final_files" / f for d, f in zip(sample["dataset"], sample["file_name"])]
+        [folders[d] / "final_files" / f for d, f in zip(sample["dataset"], sample["file_name"])], args.detector
     )
     test_rates = challenge25_rates(test["real_age"], test_lower, choice.threshold_years)
 

@@ -66,6 +66,20 @@ def split(
     _console().print(table)
 
 
+@data_app.command("framing")
+def framing(
+    data_dirs: List[Path] = typer.Argument(..., help=DATA_DIRS_HELP),
+    detector: Path = typer.Option(..., "--detector", help="YuNet face detector (.onnx) the runtime will use."),
+    sample: int = typer.Option(600, "--sample", min=1, help="Images to measure (seeded sample)."),
+) -> None:
+    """Measure how tightly the images frame their faces: the --face-margin to export with."""
+    from agetool.trainer.framing import measure_folders_margin
+
+    margin, n_faces = measure_folders_margin(data_dirs, detector, sample)
+    _console().print(f"face margin {margin:g} (median over {n_faces} detected faces): "
+                     f"agetool export MODEL --face-margin {margin:g}")
+
+
 def train(
     data_dirs: List[Path] = typer.Argument(..., help=DATA_DIRS_HELP),
     out: Path = typer.Option(..., "--out", help="Folder for model.keras, model_card.json and split.csv."),
