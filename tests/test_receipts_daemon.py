@@ -22,8 +22,8 @@ import pandas as pd
 import pytest
 
 from agetool.contract import BAND_NAMES, UNKNOWN_BAND
-from conftest import YUNET, build_tiny_age_onnx
-from test_runtime_daemon import AGETOOL, IMAGE_MAGIC, free_port, wait_for
+from conftest import build_tiny_age_onnx
+from test_runtime_daemon import AGETOOL, IMAGE_MAGIC, daemon_yaml, free_port, wait_for
 from test_runtime_units import astronaut_bgr, make_face_canvas_folder
 
 LANES = ("lane-a", "lane-b", "lane-empty")
@@ -31,32 +31,8 @@ CONFIDENCE_STEPS = {0.0, 0.25, 0.5, 0.75, 1.0}
 
 
 def config_yaml(folder: Path, still: Path, blank: Path, model: Path, port: int, work: Path) -> str:
-    return f"""\
-lanes:
-  - name: lane-a
-    source: {folder}
-    fps: 8
-  - name: lane-b
-    source: {still}
-    fps: 4
-  - name: lane-empty
-    source: {blank}
-    fps: 2
-model:
-  path: {model}
-  providers: cpu
-detector:
-  path: {YUNET}
-tracking:
-  track_timeout_s: 5
-api:
-  port: {port}
-events:
-  jsonl: {work}/events.jsonl
-analytics:
-  sqlite_path: {work}/state/analytics.sqlite
-  flush_interval_s: 1
-"""
+    empty_lane = f"  - name: lane-empty\n    source: {blank}\n    fps: 2\n"
+    return daemon_yaml(folder, still, model, port, work, extra_lanes=empty_lane, track_timeout_s=5, capture="")
 
 
 def body(index: int) -> dict[str, Any]:

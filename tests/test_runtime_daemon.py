@@ -62,7 +62,26 @@ def files_under(*roots: Path) -> list[Path]:
     return [p for root in roots if root.exists() for p in root.rglob("*") if p.is_file()]
 
 
-def daemon_yaml(folder: Path, still: Path, model: Path, port: int, work: Path) -> str:
+FAST_WATCHDOG = """\
+capture:
+  stall_timeout_s: 2.0
+  watchdog_interval_s: 0.2
+  reopen_backoff_initial_s: 0.1
+  reopen_backoff_max_s: 0.4
+"""
+
+
+def daemon_yaml(
+    folder: Path,
+    still: Path,
+    model: Path,
+    port: int,
+    work: Path,
+    extra_lanes: str = "",
+    track_timeout_s: float = 0.6,
+    capture: str = FAST_WATCHDOG,
+) -> str:
+    """Lanes lane-a (face folder) and lane-b (still portrait), plus `extra_lanes` (YAML items)."""
     return f"""\
 lanes:
   - name: lane-a
@@ -71,19 +90,14 @@ lanes:
   - name: lane-b
     source: {still}
     fps: 4
-model:
+{extra_lanes}model:
   path: {model}
   providers: cpu
 detector:
   path: {YUNET}
 tracking:
-  track_timeout_s: 0.6
-capture:
-  stall_timeout_s: 2.0
-  watchdog_interval_s: 0.2
-  reopen_backoff_initial_s: 0.1
-  reopen_backoff_max_s: 0.4
-api:
+  track_timeout_s: {track_timeout_s}
+{capture}api:
   port: {port}
 events:
   jsonl: {work}/events.jsonl
