@@ -65,6 +65,91 @@ def expand_box(
     return x0, y0, x1, y1
 
 
+# --- Aligned crop (crop "aligned_v1") -------------------------------------------------------
+# Five landmarks in YuNet's order (image-left eye, image-right eye, nose tip, image-left mouth
+# corner, image-right mouth corner) are mapped by a similarity transform onto one canonical
+# template, in training and at the till alike, so the framing no longer depends on the detector's
+# box. The template is the ArcFace 112 px template in unit coordinates; `coverage` widens the
+# crop about the template's centre (1.0 = ArcFace framing, eyebrows to chin; 1.5 shows forehead,
+# hair and chin).
+CROP_BOX_MARGIN = "box_margin"
+CROP_ALIGNED_V1 = "aligned_v1"
+CROP_KINDS = (CROP_BOX_MARGIN, CROP_ALIGNED_V1)
+ALIGN_TEMPLATE_UNIT = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+) / 112.0
+DEFAULT_ALIGN_COVERAGE = 1.5
+
+
+@dataclass(frozen=True)
+class AlignTemplate:
+    """Where the five landmarks land in a `size` x `size` crop framed with `coverage`."""
+
+    size: int = DEFAULT_INPUT_SIZE
+    coverage: float = DEFAULT_ALIGN_COVERAGE
+
+    def __post_init__(self) -> None:
+        if self.size < 8 or not (0.5 <= self.coverage <= 4.0):
+            raise AgetoolError(
+                f"align template: size must be >= 8 and coverage 0.5..4, got {self.size}, {self.coverage}"
+            )
+
+    def points(self) -> np.ndarray:
+        """(5, 2) template landmarks in crop pixels."""
+        return ((ALIGN_TEMPLATE_UNIT - 0.5) / self.coverage + 0.5) * self.size
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares rotation + uniform scale + shift mapping src points onto dst (Umeyama 1991).
+
+    Returns the 2x3 matrix for cv2.warpAffine. Closed form and deterministic, unlike the RANSAC
+    of cv2.estimateAffinePartial2D, which five points do not need."""
+    src = np.asarray(src, dtype=np.float64).reshape(-1, 2)
+    dst = np.asarray(dst, dtype=np.float64).reshape(-1, 2)
+    if src.shape != dst.shape or len(src) < 2 or not np.isfinite(src).all():
+        raise AgetoolError(f"landmarks: expected {len(dst)} finite (x, y) points, got shape {src.shape}")
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    src_var = (src_c**2).sum() / len(src)
+    if src_var <= 1e-9:
+        raise AgetoolError("landmarks: all points coincide; cannot align")
+    cov = dst_c.T @ src_c / len(src)
+    u, d, vt = np.linalg.svd(cov)
+    sign = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[1, 1] = -1.0
+    rotation = u @ sign @ vt
+    scale = float(np.trace(np.diag(d) @ sign) / src_var)
+    matrix = np.zeros((2, 3), dtype=np.float64)
+    matrix[:, :2] = scale * rotation
+    matrix[:, 2] = dst_mean - scale * rotation @ src_mean
+    return matrix
+
+
+def align_face(image: np.ndarray, landmarks: np.ndarray, template: AlignTemplate) -> np.ndarray:
+    """The face warped onto the template: (size, size, channels), same dtype and colour order
+    as `image`; pixels outside the frame repeat its border."""
+    import cv2
+
+    matrix = similarity_transform(landmarks, template.points())
+    interpolation = cv2.INTER_AREA if matrix_scale(matrix) < 0.5 else cv2.INTER_LINEAR
+    return cv2.warpAffine(
+        image, matrix, (template.size, template.size), flags=interpolation, borderMode=cv2.BORDER_REPLICATE
+    )
+
+
+def matrix_scale(matrix: np.ndarray) -> float:
+    """The uniform scale of a similarity matrix."""
+    return float(np.hypot(matrix[0, 0], matrix[1, 0]))
+
+
 # --- Age bands -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AgeBand:
@@ -177,6 +262,21 @@ class ModelMetadata(BaseModel):
     mae_uncertainty_years: float | None = None
     # Share of the detector's face box added on each side when cropping (see FACE_MARGIN).
     face_margin: float = Field(FACE_MARGIN, ge=0, le=2)
+    # How the runtime cuts the face: "box_margin" (the detector's box grown by face_margin; every
+    # model exported before alignment) or "aligned_v1" (AlignTemplate at align_coverage).
+    crop: str = Field(CROP_BOX_MARGIN, pattern="^(box_margin|aligned_v1)$")
+    align_coverage: float | None = Field(None, ge=0.5, le=4)
+    # A second output with each face's own spread (std of the predicted age distribution, years),
+    # and the factor that makes `age +/- interval_scale * std` hold `interval_level` of validation faces.
+    std_output_name: str | None = None
+    interval_scale: float | None = Field(None, gt=0)
+    interval_level: float | None = Field(None, gt=0, lt=1)
+
+    def align_template(self) -> AlignTemplate | None:
+        """The template an aligned_v1 model asks for (None for box_margin models)."""
+        if self.crop != CROP_ALIGNED_V1:
+            return None
+        return AlignTemplate(self.input_size, self.align_coverage or DEFAULT_ALIGN_COVERAGE)
 
     def to_props(self) -> dict[str, str]:
         """Flat string map for onnx metadata_props (None values are left out)."""

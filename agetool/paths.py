@@ -10,6 +10,8 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = PACKAGE_DIR / "models"
 DEFAULT_MODEL_FILE = "age_default.onnx"
+# OpenCV zoo's YuNet (MIT; licence text beside it in the package), the default face detector.
+SHIPPED_DETECTOR = DEFAULT_MODEL_DIR / "face_detection_yunet_2023mar.onnx"
 
 ENV_MODEL = "AGETOOL_MODEL"
 ENV_DETECTOR = "AGETOOL_DETECTOR"
@@ -23,10 +25,10 @@ def default_model_path() -> Path:
     return Path(env) if env else DEFAULT_MODEL_DIR / DEFAULT_MODEL_FILE
 
 
-def default_detector_path() -> Path | None:
-    """$AGETOOL_DETECTOR (a YuNet .onnx), else None (the runtime falls back to Haar, with a warning)."""
+def default_detector_path() -> Path:
+    """$AGETOOL_DETECTOR (a YuNet .onnx), else the YuNet shipped in the package."""
     env = os.environ.get(ENV_DETECTOR)
-    return Path(env) if env else None
+    return Path(env) if env else SHIPPED_DETECTOR
 
 
 def runs_dir() -> Path:

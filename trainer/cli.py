@@ -66,6 +66,43 @@ def split(
     _console().print(table)
 
 
+@data_app.command("align")
+def align(
+    data_dirs: List[Path] = typer.Argument(..., help=DATA_DIRS_HELP),
+    out: Path = typer.Option(..., "--out", help="Writes one aligned data folder per source: OUT/<source name>/."),
+    detector: Optional[Path] = typer.Option(
+        None, "--detector", help="YuNet face detector (.onnx); default $AGETOOL_DETECTOR or the shipped one."
+    ),
+    size: int = typer.Option(224, "--size", min=32, max=1024, help="Side of the aligned crops, px."),
+    coverage: Optional[float] = typer.Option(
+        None, "--coverage", min=0.5, max=4.0, help="Template coverage (1.0 = eyebrows to chin); default the contract's."
+    ),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Keep crops written by an earlier run with the same settings."),
+) -> None:
+    """Detect each image's face and warp it onto the canonical template (crop aligned_v1)."""
+    from rich.table import Table
+
+    from agetool.contract import DEFAULT_ALIGN_COVERAGE
+    from agetool.paths import default_detector_path
+    from agetool.trainer.align import AlignConfig, align_folders
+
+    config = AlignConfig(
+        src_dirs=data_dirs, out_dir=out, detector=detector or default_detector_path(), size=size,
+        coverage=coverage if coverage is not None else DEFAULT_ALIGN_COVERAGE, resume=resume,
+    )
+    reports = align_folders(config, show_progress=True)
+    table = Table(title=f"aligned faces -> {out} (size {config.size}, coverage {config.coverage:g})")
+    for column in ("folder", "images", "written", "no face", "several, ambiguous", "several, kept largest",
+                   "unreadable", "seconds"):
+        table.add_column(column, justify="left" if column == "folder" else "right")
+    for report in reports:
+        s = report.summary()
+        table.add_row(s["dataset"], *(str(s[k]) for k in ("images", "written", "no_face", "several_faces_ambiguous",
+                                                          "several_faces_kept_largest", "unreadable", "seconds")))
+    _console().print(table)
+    _console().print(f"reasons per image: {out}/<folder>/align_report.csv")
+
+
 @data_app.command("framing")
 def framing(
     data_dirs: List[Path] = typer.Argument(..., help=DATA_DIRS_HELP),
