@@ -120,7 +120,9 @@ def framing(
 def train(
     data_dirs: List[Path] = typer.Argument(..., help=DATA_DIRS_HELP),
     out: Path = typer.Option(..., "--out", help="Folder for model.keras, model_card.json and split.csv."),
-    backbone: str = typer.Option("resnet50", "--backbone", help="resnet50 | xception | mobilenetv3 | mobilenetv3small"),
+    backbone: str = typer.Option(
+        "resnet50", "--backbone", help="resnet50 | xception | mobilenetv3 | mobilenetv3small | mobilenet (MobileNet-v1: the face-pretrained FaceRes backbone with --weights PATH)"
+    ),
     weights: str = typer.Option(
         "none", "--weights", help="imagenet (local Keras notop file) | none | PATH to a notop .h5"
     ),
@@ -138,6 +140,11 @@ def train(
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop after the epoch that crosses this many seconds of wall time."),
     checkpoint_every: int = typer.Option(1, "--checkpoint-every", help="Save the resumable checkpoint every N epochs."),
     early_stop_patience: int = typer.Option(10, "--early-stop-patience", help="Epochs without a better val MAE before stopping."),
+    head: str = typer.Option("regression", "--head", help="regression (one age) | distribution (softmax over one-year bins: age_years + age_std_years)"),
+    head_init: Optional[Path] = typer.Option(None, "--head-init", help="Start the distribution head from this .npz (e.g. faceres_age_head.npz)."),
+    cache_features: bool = typer.Option(False, "--cache-features", help="Freeze the backbone below --trainable-from, cache its features once (clean + augmented views), train the top: the CPU way."),
+    trainable_from: str = typer.Option("conv_dw_13", "--trainable-from", help="First backbone layer trained with --cache-features."),
+    views: int = typer.Option(2, "--views", help="Cached views per training face with --cache-features (1 clean + augmented)."),
 ) -> None:
     """Train an age model (ResNet50 by default) and save model.keras + model_card.json."""
     from agetool.trainer.train import train as run_training
@@ -161,6 +168,11 @@ def train(
         max_train_seconds=time_budget,
         checkpoint_every=checkpoint_every,
         early_stop_patience=early_stop_patience,
+        head=head,
+        head_init=str(head_init) if head_init else None,
+        cache_features=cache_features,
+        trainable_from=trainable_from,
+        views=views,
     )
     result = run_training(config)
     console = _console()
