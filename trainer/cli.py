@@ -78,6 +78,7 @@ def align(
         None, "--coverage", min=0.5, max=4.0, help="Template coverage (1.0 = eyebrows to chin); default the contract's."
     ),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Keep crops written by an earlier run with the same settings."),
+    workers: int = typer.Option(2, "--workers", min=1, max=64, help="Threads, one detector each."),
 ) -> None:
     """Detect each image's face and warp it onto the canonical template (crop aligned_v1)."""
     from rich.table import Table
@@ -89,6 +90,7 @@ def align(
     config = AlignConfig(
         src_dirs=data_dirs, out_dir=out, detector=detector or default_detector_path(), size=size,
         coverage=coverage if coverage is not None else DEFAULT_ALIGN_COVERAGE, resume=resume,
+        workers=workers,
     )
     reports = align_folders(config, show_progress=True)
     table = Table(title=f"aligned faces -> {out} (size {config.size}, coverage {config.coverage:g})")
