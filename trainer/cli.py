@@ -94,8 +94,7 @@ def align(
     )
     reports = align_folders(config, show_progress=True)
     table = Table(title=f"aligned faces -> {out} (size {config.size}, coverage {config.coverage:g})")
-    for column in ("folder", "images", "written", "no face", "several, ambiguous", "several, kept largest",
-                   "unreadable", "seconds"):
+    for column in ("folder", "images", "written", "no face", "ambiguous", "kept largest", "unreadable", "s"):
         table.add_column(column, justify="left" if column == "folder" else "right")
     for report in reports:
         s = report.summary()
