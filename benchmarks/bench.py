@@ -404,7 +404,7 @@ def check_config(config: BenchConfig) -> None:
         provider_name(alias)
     if config.e2e is not None and config.e2e != DEMO_SOURCE and not Path(config.e2e).expanduser().exists():
         raise AgetoolError(f"--e2e {config.e2e}: no such image, folder or video (or use demo / none)")
-    if config.detector is not None and not config.detector.is_file():
+    if config.detector is not None and str(config.detector) != "haar" and not config.detector.is_file():
         raise AgetoolError(f"--detector {config.detector}: file not found (a YuNet .onnx was expected)")
     if config.out.exists() and not config.out.is_dir():
         raise AgetoolError(f"--out {config.out}: exists and is not a folder")

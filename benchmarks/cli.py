@@ -51,7 +51,7 @@ def bench(
         "demo", "--e2e", help="End-to-end source: demo (bundled public-domain sample), an image/folder/video, or none."
     ),
     detector: Optional[Path] = typer.Option(
-        None, "--detector", help="YuNet .onnx for the end-to-end rows (default $AGETOOL_DETECTOR, else Haar)."
+        None, "--detector", help="YuNet .onnx for the end-to-end rows (default $AGETOOL_DETECTOR, else the shipped YuNet); 'haar' = Haar."
     ),
     floor: bool = typer.Option(True, "--floor/--no-floor", help="Measure the matmul peak and print × floor."),
     out: Path = typer.Option(Path("bench-report"), "--out", help="Folder for report.md, report.json and the PNGs."),
