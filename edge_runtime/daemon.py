@@ -226,6 +226,15 @@ class Daemon:
         self.api_server.start()
         log.info("agetool daemon serving on http://%s:%d (%d lane(s))", cfg.api.host, self.api_server.port, len(self.lanes))
 
+    def start_processing(self) -> None:
+        """Only the processing thread (the bench feeds lane queues itself)."""
+        self._processor.start()
+
+    def stop_processing(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._processor.join(10.0)
+
     def stop(self) -> None:
         """Stop readers and workers, count the shoppers still in view, flush analytics."""
         self._stop.set()
