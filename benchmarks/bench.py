@@ -67,6 +67,7 @@ class BenchConfig(BaseModel):
     timing: TimingPlan = Field(default_factory=TimingPlan)
     threads: int | None = Field(None, ge=1)
     e2e: str | None = "demo"
+    daemon_seconds: float = Field(20.0, ge=0, le=600, description="per daemon-lane row; 0 = no daemon rows")
     detector: Path | None = None
     floor: bool = True
     floor_matmul_size: int = Field(2048, ge=16, description="side of the square matmuls that measure the peak")
@@ -152,6 +153,7 @@ class BenchReport(BaseModel):
     rows: list[BenchRow]
     accuracy: list[AccuracyEntry]
     e2e: list[E2ERow]
+    daemon: list[E2ERow] = Field(default_factory=list, description="the daemon's lane cost, per_frame vs budget")
     wall_time_s: float
     notes: list[str]
 
@@ -404,7 +406,7 @@ def check_config(config: BenchConfig) -> None:
         provider_name(alias)
     if config.e2e is not None and config.e2e != DEMO_SOURCE and not Path(config.e2e).expanduser().exists():
         raise AgetoolError(f"--e2e {config.e2e}: no such image, folder or video (or use demo / none)")
-    if config.detector is not None and not config.detector.is_file():
+    if config.detector is not None and str(config.detector) != "haar" and not config.detector.is_file():
         raise AgetoolError(f"--detector {config.detector}: file not found (a YuNet .onnx was expected)")
     if config.out.exists() and not config.out.is_dir():
         raise AgetoolError(f"--out {config.out}: exists and is not a folder")
@@ -445,6 +447,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
     rows: list[BenchRow] = []
     accuracy: list[AccuracyEntry] = []
     e2e_rows: list[E2ERow] = []
+    daemon_rows: list[E2ERow] = []
     detector = config.detector or default_detector_path()
     with tempfile.TemporaryDirectory(prefix="agetool-bench-") as scratch:
         for index, target in enumerate(targets, 1):
@@ -478,6 +481,19 @@ def run_bench(config: BenchConfig) -> BenchReport:
                 )
                 result = run_worker(job, config.worker_timeout_s)
                 e2e_rows.append(E2ERow(model=model.name, variant=model.variant, status=result.status, result=result.e2e))
+        if config.e2e is not None and config.daemon_seconds > 0 and onnx_models:
+            from agetool.benchmarks.daemon_lane import MODES
+
+            model = onnx_models[0]
+            for mode in MODES:
+                log.info("bench: daemon lane %s, %s, %.0f s", model.name, mode, config.daemon_seconds)
+                job = WorkerJob(
+                    kind="daemon", model_path=model.path, input_size=model.input_size, threads=config.threads,
+                    detector_path=str(detector) if detector else None, daemon_mode=mode,
+                    daemon_seconds=config.daemon_seconds, result_path=str(Path(scratch) / f"daemon-{mode}.json"),
+                )
+                result = run_worker(job, config.worker_timeout_s)
+                daemon_rows.append(E2ERow(model=model.name, variant=mode, status=result.status, result=result.e2e))
 
     measure_floor()  # again at the end: a burst of other work during the first one cannot set the floor
     peak = merge_peaks(peaks) if peaks else None
@@ -493,6 +509,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
         rows=rows,
         accuracy=accuracy,
         e2e=e2e_rows,
+        daemon=daemon_rows,
         wall_time_s=round(time.monotonic() - started, 1),
         notes=report_notes(machine, labelled, rows),
     )

@@ -50,8 +50,11 @@ def bench(
     e2e: str = typer.Option(
         "demo", "--e2e", help="End-to-end source: demo (bundled public-domain sample), an image/folder/video, or none."
     ),
+    daemon_seconds: float = typer.Option(
+        20.0, "--daemon-seconds", help="Seconds per daemon-lane row (per_frame and budget; 0 = none)."
+    ),
     detector: Optional[Path] = typer.Option(
-        None, "--detector", help="YuNet .onnx for the end-to-end rows (default $AGETOOL_DETECTOR, else Haar)."
+        None, "--detector", help="YuNet .onnx for the end-to-end rows (default $AGETOOL_DETECTOR, else the shipped YuNet); 'haar' = Haar."
     ),
     floor: bool = typer.Option(True, "--floor/--no-floor", help="Measure the matmul peak and print × floor."),
     out: Path = typer.Option(Path("bench-report"), "--out", help="Folder for report.md, report.json and the PNGs."),
@@ -70,6 +73,7 @@ def bench(
             split=split, subset=subset, limit=limit, seed=seed, batches=parse_batches(batch),
             providers=parse_list(providers), openvino=openvino, timing=timing, threads=threads,
             e2e=None if e2e.lower() == "none" else e2e, detector=detector, floor=floor, out=out,
+            daemon_seconds=daemon_seconds,
         )
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]

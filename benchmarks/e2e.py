@@ -3,8 +3,8 @@
 The bundled sample is the public-domain NASA astronaut portrait from scikit-image, pasted at a
 few positions and scales into 640x480 frames made in memory and JPEG-encoded in memory, so the
 decode stage decodes what a camera would deliver. No face pixels are written anywhere. The
-stages reuse the daemon's own functions (FaceDetector, choose_face, crop_face_rgb,
-preprocess_rgb, OnnxAgeModel, LaneTracker, decide) with the daemon's default settings."""
+stages are the daemon's own: FaceAgePipeline (its detector, the crop the model's metadata asks
+for, its model), choose_face, LaneTracker and decide, with the daemon's default settings."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ JPEG_QUALITY = 90
 class E2EResult(BaseModel):
     source: str
     detector: str
+    crop: str = Field("box_margin", description="the crop the model's metadata asks for (aligned_v1 / box_margin)")
     intra_op_threads: int
     distinct_frames: int
     frames: int
@@ -108,7 +109,7 @@ def demo_face_pool(count: int, input_size: int) -> np.ndarray:
 
 def run_pipeline(
     model_path: Path,
-    detector_path: Path | None,
+    detector_path: Path | str | None,
     source: str,
     plan: TimingPlan,
     threads: int | None,
@@ -117,22 +118,23 @@ def run_pipeline(
     """Time every stage of the register pipeline over the sample frames, rotated."""
     import cv2
 
-    from agetool.contract import preprocess_rgb
     from agetool.edge_runtime.config import DetectorConfig, ModelConfig, PolicyConfig, TrackingConfig
     from agetool.edge_runtime.decide import decide
-    from agetool.edge_runtime.detect import choose_face, crop_face_rgb, make_detector
+    from agetool.edge_runtime.detect import choose_face, make_detector
+    from agetool.edge_runtime.face_pipeline import FaceAgePipeline
     from agetool.edge_runtime.pipeline import load_model
-    from agetool.edge_runtime.track import LaneTracker, model_uncertainty_years
+    from agetool.edge_runtime.track import LaneTracker
 
     jpegs = encode_jpeg(source_frames_bgr(source, max_frames))
     model_config = ModelConfig(path=model_path, providers="cpu", intra_op_threads=threads)
-    model = load_model(model_path, "cpu", model_config.resolved_threads())
+    model = load_model(model_path, "cpu", model_config.resolved_threads(), runtime="onnxruntime")
     detector_config = DetectorConfig(path=detector_path)
     detector = make_detector(detector_path, detector_config.score_threshold, detector_config.min_face_px)
+    pipeline = FaceAgePipeline(detector, model)
     tracking = TrackingConfig()
     tracker = LaneTracker(
         tracking.iou_threshold, tracking.smoothing_window, tracking.track_timeout_s,
-        model_uncertainty_years(model.metadata),
+        pipeline.mae_uncertainty_years, pipeline.interval_scale,
     )
     policy = PolicyConfig().to_policy(model.metadata.id_check_buffer_years)
     stage_ms: dict[str, list[float]] = {name: [] for name in STAGES}
@@ -143,16 +145,16 @@ def run_pipeline(
         t0 = time.perf_counter()
         bgr = cv2.imdecode(np.frombuffer(jpeg, dtype=np.uint8), cv2.IMREAD_COLOR)
         t1 = time.perf_counter()
-        face = choose_face(detector.detect(bgr), bgr.shape[1], bgr.shape[0])
+        face = choose_face(pipeline.detect(bgr), bgr.shape[1], bgr.shape[0])
         t2 = time.perf_counter()
         t3 = t4 = t2
         estimate, track_id = None, None
         if face is not None:
-            batch = preprocess_rgb(crop_face_rgb(bgr, face), model.input_size)[None]
+            batch = pipeline.to_batch([pipeline.crop_rgb(bgr, face)])
             t3 = time.perf_counter()
-            age_years = float(model.predict(batch)[0])
+            [record] = pipeline.infer([face], batch)
             t4 = time.perf_counter()
-            track = tracker.update(face, age_years, t4, time.time())
+            track = tracker.update(face, record.age_years, t4, time.time(), record.age_std_years)
             estimate, track_id = track.estimate(tracker.model_mae_years), track.track_id
         decide("bench", estimate, track_id, policy, time.time())
         t5 = time.perf_counter()
@@ -179,6 +181,7 @@ def run_pipeline(
     return E2EResult(
         source=source if source != DEMO_SOURCE else "demo: skimage.data.astronaut (NASA, public domain) in 640x480 frames",
         detector=detector.kind,
+        crop=pipeline.crop_kind,
         intra_op_threads=model_config.resolved_threads(),
         distinct_frames=len(jpegs),
         frames=i,

@@ -119,6 +119,23 @@ def e2e_table(report: "BenchReport") -> str:
     return md_table(header, rows)
 
 
+def daemon_table(report: "BenchReport") -> str:
+    header = ["mode", "model", "status", "runtime", "CPU % of one core", "p50 ms", "p95 ms", "frames", "detections",
+              "inferences", "RSS MB", "decisions differing"]
+    rows = []
+    for row in report.daemon:
+        r = row.result
+        if r is None:
+            rows.append([row.variant, row.model, row.status, *["–"] * (len(header) - 3)])
+            continue
+        rows.append([
+            row.variant, row.model, row.status, r["runtime"], _fmt(r["cpu_percent_of_one_core"], 1),
+            _ms(r["frame_to_decision_ms"]["p50"]), _ms(r["frame_to_decision_ms"]["p95"]), str(r["frames_processed"]),
+            str(r["detections_run"]), str(r["faces_inferred"]), _fmt(r["rss_mb"], 0), _pct(r["decisions_differ_share"]),
+        ])
+    return md_table(header, rows)
+
+
 def header_lines(report: "BenchReport") -> list[str]:
     m = report.machine
     libs = ", ".join(f"{k} {v}" for k, v in m.libraries.items() if v) or "–"
@@ -223,6 +240,15 @@ def render_markdown(report: "BenchReport") -> str:
         "% = share of the time in each stage.",
         "",
         e2e_table(report) if report.e2e else "Not run (--e2e none).",
+        "",
+        "## The daemon's lane cost",
+        "",
+        "One lane at 5 fps through the daemon's own processing thread: CPU of the whole process as a share of one "
+        "core, frame → decision as /v1/lanes reports it. per_frame = full-size detection and the model on every "
+        "frame (the daemon before its CPU budget); budget = today's defaults. Decisions differing: share of frames "
+        "whose ID decision differs from per_frame's on the same frames.",
+        "",
+        daemon_table(report) if report.daemon else "Not run (--e2e none or --daemon-seconds 0).",
         "",
     ]
     if report.e2e and report.e2e[0].result:

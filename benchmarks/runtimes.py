@@ -13,7 +13,6 @@ from typing import Protocol
 
 import numpy as np
 
-from agetool.contract import AGE_MAX_YEARS, AGE_MIN_YEARS
 from agetool.errors import AgetoolError
 
 log = logging.getLogger(__name__)
@@ -33,10 +32,6 @@ class Runner(Protocol):
     def prepare(self, batch_size: int) -> None: ...
 
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
-
-
-def _clip(ages: np.ndarray, n: int) -> np.ndarray:
-    return np.clip(np.asarray(ages, dtype=np.float32).reshape(n), AGE_MIN_YEARS, AGE_MAX_YEARS)
 
 
 class OrtRunner:
@@ -60,41 +55,25 @@ class OrtRunner:
 
 
 class OpenVinoRunner:
-    """OpenVINO Runtime reading the same .onnx file; one compiled model per static batch size
-    (static shapes are what OpenVINO's CPU plugin is fastest with)."""
+    """OpenVINO Runtime reading the same .onnx file, through the runtime's own OpenVinoAgeModel
+    (the daemon's `--runtime openvino`): one compiled model per static batch size."""
 
     def __init__(self, path: Path, input_size: int, threads: int | None, precision: str | None = None) -> None:
-        import openvino as ov
+        from agetool.edge_runtime.infer import OpenVinoAgeModel
 
-        self.core = ov.Core()
-        self.path = path
-        self.input_size = input_size
-        self.config: dict[str, str] = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            self.config["INFERENCE_NUM_THREADS"] = str(threads)
-        if precision:
-            self.config["INFERENCE_PRECISION_HINT"] = precision
-        self.device = f"CPU ({self.core.get_property('CPU', 'FULL_DEVICE_NAME')})"
-        self.precision: str | None = None
-        self._requests: dict[int, object] = {}
+        self.model = OpenVinoAgeModel(path, threads, precision)
+        self.input_size = self.model.input_size
+        self.device = self.model.device
+
+    @property
+    def precision(self) -> str | None:
+        return self.model.precision
 
     def prepare(self, batch_size: int) -> None:
-        if batch_size in self._requests:
-            return
-        model = self.core.read_model(str(self.path))
-        model.reshape([batch_size, self.input_size, self.input_size, 3])
-        compiled = self.core.compile_model(model, "CPU", self.config)
-        # On CPUs with AVX512-BF16 or AMX OpenVINO computes in bf16 unless told f32: say which.
-        self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
-        self._requests[batch_size] = compiled.create_infer_request()
+        self.model.prepare(batch_size)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        n = len(batch)
-        if n not in self._requests:
-            self.prepare(n)
-        request = self._requests[n]
-        request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-        return _clip(request.get_output_tensor(0).data, n)
+        return self.model.predict(batch)
 
 
 class KerasRunner:
@@ -136,7 +115,7 @@ def missing_runtime(runtime: str) -> str | None:
     """Why `runtime` cannot run here, or None when its package is installed."""
     package = {ORT: "onnxruntime", OPENVINO: "openvino", TENSORFLOW: "tensorflow"}[runtime]
     if importlib.util.find_spec(package) is None:
-        hint = " (pip install 'agetool[bench]')" if runtime == OPENVINO else ""
+        hint = " (pip install 'agetool[openvino]')" if runtime == OPENVINO else ""
         return f"{package} not installed{hint}"
     return None
 

@@ -32,7 +32,7 @@ POOL_MIN = 32
 
 
 class WorkerJob(BaseModel):
-    kind: Literal["model", "e2e"]
+    kind: Literal["model", "e2e", "daemon"]
     runtime: str = "onnxruntime"
     provider: str | None = None
     precision: str | None = Field(None, description="OpenVINO INFERENCE_PRECISION_HINT (f32); None = its default")
@@ -46,6 +46,8 @@ class WorkerJob(BaseModel):
     eval_batch: int = 8
     detector_path: str | None = None
     e2e_source: str = "demo"
+    daemon_mode: str = "budget"
+    daemon_seconds: float = 20.0
     result_path: str
 
 
@@ -167,6 +169,18 @@ def run_model_job(job: WorkerJob) -> WorkerResult:
     return result
 
 
+def run_daemon_job(job: WorkerJob) -> WorkerResult:
+    from agetool.benchmarks.daemon_lane import measure_daemon_lane
+
+    try:
+        lane = measure_daemon_lane(
+            Path(job.model_path), job.detector_path, job.daemon_mode, job.daemon_seconds, threads=job.threads
+        )
+    except Exception as exc:  # noqa: BLE001 - the daemon's failure becomes the row's status
+        return WorkerResult(status=failure(exc))
+    return WorkerResult(status="ok", e2e=lane.model_dump(), base_rss_mb=None)
+
+
 def run_e2e_job(job: WorkerJob) -> WorkerResult:
     from agetool.benchmarks.e2e import run_pipeline
 
@@ -192,7 +206,8 @@ def write_result(result: WorkerResult, path: Path) -> None:
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     job = WorkerJob.model_validate(json.loads(sys.stdin.read()))
-    result = run_model_job(job) if job.kind == "model" else run_e2e_job(job)
+    runners = {"model": run_model_job, "e2e": run_e2e_job, "daemon": run_daemon_job}
+    result = runners[job.kind](job)
     write_result(result, Path(job.result_path))
     return 0
 

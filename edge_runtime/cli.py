@@ -12,7 +12,21 @@ import typer
 
 PROVIDERS_HELP = "ONNX Runtime provider: auto (TensorRT -> CUDA -> CPU), cpu, cuda or tensorrt."
 MODEL_HELP = "Age model .onnx from `agetool export` (default: $AGETOOL_MODEL, else the shipped model)."
-DETECTOR_HELP = "YuNet face detector .onnx (default: $AGETOOL_DETECTOR, else OpenCV's Haar cascade)."
+DETECTOR_HELP = (
+    "YuNet face detector .onnx (default: $AGETOOL_DETECTOR, else the YuNet shipped in the package); "
+    "'haar' = OpenCV's Haar cascade."
+)
+RUNTIME_HELP = (
+    "What runs the age model: auto (times ONNX Runtime and OpenVINO here, keeps the faster; a GPU "
+    "provider keeps priority), onnxruntime or openvino (pip install 'agetool[openvino]')."
+)
+RUNTIMES = ("auto", "onnxruntime", "openvino")
+
+
+def _runtime(value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in RUNTIMES:
+        raise typer.BadParameter(f"expected one of {', '.join(RUNTIMES)}")
+    return value
 
 
 def run(
@@ -23,6 +37,7 @@ def run(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     detector: Optional[Path] = typer.Option(None, "--detector", "-d", help=DETECTOR_HELP),
     providers: str = typer.Option("auto", "--providers", help=PROVIDERS_HELP),
+    runtime: str = typer.Option("auto", "--runtime", help=RUNTIME_HELP, callback=_runtime),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames."),
     policy_age: Optional[float] = typer.Option(None, "--policy-age", help="Challenge age (default 25)."),
     buffer: Optional[float] = typer.Option(
@@ -34,7 +49,7 @@ def run(
 
     run_source(
         source, sys.stdout, model_path=model, detector_path=detector, providers=providers, demo=demo,
-        max_frames=max_frames, policy_age_years=policy_age, buffer_years=buffer,
+        max_frames=max_frames, policy_age_years=policy_age, buffer_years=buffer, runtime=runtime,
     )
 
 
@@ -50,6 +65,7 @@ def serve(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     detector: Optional[Path] = typer.Option(None, "--detector", "-d", help=DETECTOR_HELP),
     providers: Optional[str] = typer.Option(None, "--providers", help=PROVIDERS_HELP),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help=RUNTIME_HELP, callback=_runtime),
     validate_config: bool = typer.Option(
         False, "--validate-config", help="Only check the config (keys, values, files); exit 0 or 78."
     ),
@@ -59,7 +75,7 @@ def serve(
     from agetool.edge_runtime.config import build_serve_config
 
     overrides = {"host": host, "port": port, "token": token, "model": model, "detector": detector,
-                 "providers": providers}
+                 "providers": providers, "runtime": runtime}
     daemon_config = build_serve_config(config, source, **overrides)
     if validate_config:
         typer.echo(f"config ok: {len(daemon_config.lanes)} lane(s)", err=True)

@@ -58,6 +58,10 @@ class ModelConfig(Section):
     providers: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
         "auto", description="ONNX Runtime execution provider: auto picks TensorRT -> CUDA -> CPU."
     )
+    runtime: Literal["auto", "onnxruntime", "openvino"] = Field(
+        "auto", description="What runs the model: auto times ONNX Runtime and OpenVINO (when installed) on "
+        "this machine at start and keeps the faster (a GPU provider keeps priority); or name one."
+    )
     intra_op_threads: int | None = Field(
         None, ge=1, le=256,
         description="ONNX Runtime intra-op threads; unset = half the CPU cores (at least 1), leaving the "
@@ -73,17 +77,28 @@ class ModelConfig(Section):
 
 
 class DetectorConfig(Section):
-    """The face detector: OpenCV YuNet when a file is given, else the Haar cascade (less accurate)."""
+    """The face detector: OpenCV YuNet (shipped in the package), or Haar when named."""
 
     path: Path | None = Field(
-        None, description="YuNet .onnx (face_detection_yunet_2023mar.onnx); unset = $AGETOOL_DETECTOR, "
-        "else the Haar cascade shipped with OpenCV (a warning is logged)."
+        None, description="YuNet .onnx; unset = $AGETOOL_DETECTOR, else the YuNet shipped in the package; "
+        "'haar' = OpenCV's Haar cascade (misses turned and small faces; an explicit choice only)."
     )
     score_threshold: float = Field(0.7, gt=0, lt=1, description="YuNet: lowest face score kept.")
     min_face_px: int = Field(40, ge=8, description="Faces smaller than this (shorter side, pixels) are ignored.")
+    detect_max_side: int | None = Field(
+        320, ge=64, le=4096,
+        description="Detect on the frame shrunk to at most this many pixels on its longer side (a face at a "
+        "till is large; boxes and landmarks are mapped back to the full frame); null = full size.",
+    )
+    skip_unchanged_frames: bool = Field(
+        True, description="Reuse the last detection when a frame barely differs from the last one detected on."
+    )
 
     def resolved_path(self) -> Path | None:
         return self.path if self.path is not None else default_detector_path()
+
+    def is_haar(self) -> bool:
+        return self.path is not None and str(self.path).strip().lower() == "haar"
 
 
 class PolicyConfig(Section):
@@ -110,6 +125,13 @@ class TrackingConfig(Section):
     track_timeout_s: float = Field(
         2.0, gt=0, le=600, description="A shopper unseen this long is gone; the next face starts a new track."
     )
+    settled_estimates: int = Field(
+        3, ge=0, le=100,
+        description="Run the age model on every frame of a shopper until this many latest estimates agree "
+        "(within agree_years), then only every refresh_s; 0 = every frame.",
+    )
+    agree_years: float = Field(3.0, gt=0, le=50, description="Estimates within this many years agree.")
+    refresh_s: float = Field(1.0, gt=0, le=600, description="A settled shopper's age is re-estimated this often.")
 
 
 class CaptureConfig(Section):
@@ -346,6 +368,7 @@ def build_serve_config(
     model: Path | None = None,
     detector: Path | None = None,
     providers: str | None = None,
+    runtime: str | None = None,
 ) -> DaemonConfig:
     """`agetool serve`'s config: the YAML file, or one lane named `default` for --source, with
     command-line options taking precedence over the file."""
@@ -362,6 +385,7 @@ def build_serve_config(
     overrides = {
         ("api", "host"): host, ("api", "port"): port, ("api", "bearer_token"): token,
         ("model", "path"): model, ("model", "providers"): providers, ("detector", "path"): detector,
+        ("model", "runtime"): runtime,
     }
     for (section, key), value in overrides.items():
         if value is not None:
@@ -392,5 +416,5 @@ def check_files(config: DaemonConfig, where: str = "config", lines: dict[tuple[A
                  "pass --model PATH or set model.path / $AGETOOL_MODEL")
         fail(("model", "path"), f"{model_path}: file not found")
     detector_path = config.detector.resolved_path()
-    if detector_path is not None and not detector_path.is_file():
+    if detector_path is not None and not config.detector.is_haar() and not detector_path.is_file():
         fail(("detector", "path"), f"{detector_path}: file not found (a YuNet .onnx was expected)")

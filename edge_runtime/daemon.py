@@ -3,7 +3,11 @@ events, analytics, receipts and metrics around it.
 
 Threads: one reader per lane, a watchdog, one processing thread (detects on each lane's next frame
 and runs ONE batched inference over the faces of all busy lanes), the analytics flusher, the
-webhook sender and the API server. SIGTERM / SIGINT stop readers, flush analytics, exit 0."""
+webhook sender and the API server. SIGTERM / SIGINT stop readers, flush analytics, exit 0.
+
+A till PC runs the POS first, so the processing thread spends little: it detects on a downscaled
+frame, reuses the last detection when the frame did not change, and runs the age model only while
+a shopper's track still needs estimates (until they agree, then every refresh_s)."""
 
 from __future__ import annotations
 
@@ -23,11 +27,11 @@ from agetool.contract import age_band
 from agetool.edge_runtime.analytics import BandAnalytics
 from agetool.edge_runtime.config import DaemonConfig, LaneConfig
 from agetool.edge_runtime.decide import Decision, decide
-from agetool.edge_runtime.detect import FaceBox, FaceDetector, choose_face, crop_face_rgb, make_detector
+from agetool.edge_runtime.detect import FaceBox, FaceDetector, FrameChangeGate, choose_face, make_detector
 from agetool.edge_runtime.events import EventSink
 from agetool.edge_runtime.receipts import AnalyticsStore, ReceiptConflict, ReceiptIn, StoredReceipt, tag_band
 from agetool.edge_runtime.sources import DropOldestQueue, Frame, LaneReader, Watchdog, mask_url
-from agetool.edge_runtime.track import LaneTracker, model_uncertainty_years
+from agetool.edge_runtime.track import LaneTracker, model_interval_scale, model_uncertainty_years
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +53,12 @@ class LaneRuntime:
     detector: FaceDetector
     tracker: LaneTracker
     lock: threading.Lock = field(default_factory=threading.Lock)
+    change_gate: FrameChangeGate | None = None
+    last_faces: list[FaceBox] = field(default_factory=list)
     frames_processed: int = 0
     frames_with_face: int = 0
+    detections_run: int = 0
+    faces_inferred: int = 0
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
 
     def latency_percentiles_ms(self) -> dict[str, float | None]:
@@ -133,6 +141,7 @@ class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         self.model = None
+        self.pipeline = None
         self.policy = None
         self.model_mae_years = 0.0
         self.lanes: dict[str, LaneRuntime] = {}
@@ -148,9 +157,46 @@ class Daemon:
         self.started_wall_s = time.time()
 
     # --- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> None:
+    def prepare(self) -> None:
+        """Load the model and build the lanes (readers not started): what processing needs."""
+        from agetool.edge_runtime.face_pipeline import FaceAgePipeline
         from agetool.edge_runtime.pipeline import load_model
 
+        cfg = self.config
+        self.model = load_model(
+            cfg.model.resolved_path(), cfg.model.providers, cfg.model.resolved_threads(), cfg.model.runtime
+        )
+        self.policy = cfg.policy.to_policy(self.model.metadata.id_check_buffer_years)
+        self.model_mae_years = model_uncertainty_years(self.model.metadata)
+        interval_scale = model_interval_scale(self.model.metadata)
+        log.info(
+            "policy: ID check when the lower bound is under %.1f years (policy %.0f + buffer %.1f); %s",
+            self.policy.threshold_years, self.policy.policy_age_years, self.policy.buffer_years,
+            f"uncertainty {interval_scale:g} x each face's own spread" if self.model.metadata.std_output_name
+            else f"uncertainty at least {self.model_mae_years:.1f} years",
+        )
+        detector_path = "haar" if cfg.detector.is_haar() else cfg.detector.resolved_path()
+        for index, lane_cfg in enumerate(cfg.lanes):
+            queue = DropOldestQueue(cfg.capture.queue_size, self._wake)
+            reader = LaneReader(
+                lane_cfg.name, lane_cfg.source, lane_cfg.fps, queue,
+                cfg.capture.reopen_backoff_initial_s, cfg.capture.reopen_backoff_max_s,
+                on_status=self._on_lane_status,
+            )
+            detector = (make_detector if index == 0 else FaceDetector)(
+                detector_path, cfg.detector.score_threshold, cfg.detector.min_face_px, cfg.detector.detect_max_side
+            )
+            if index == 0:
+                self.pipeline = FaceAgePipeline(detector, self.model)
+            tracker = LaneTracker(
+                cfg.tracking.iou_threshold, cfg.tracking.smoothing_window, cfg.tracking.track_timeout_s,
+                self.model_mae_years, interval_scale,
+            )
+            gate = FrameChangeGate() if cfg.detector.skip_unchanged_frames else None
+            self.lanes[lane_cfg.name] = LaneRuntime(lane_cfg, queue, reader, detector, tracker, change_gate=gate)
+            log.info("lane %s: source %s at <= %.1f fps", lane_cfg.name, mask_url(lane_cfg.source), lane_cfg.fps)
+
+    def start(self) -> None:
         cfg = self.config
         if cfg.debug_save_crops:
             log.warning(
@@ -163,31 +209,7 @@ class Daemon:
         )
         self.store = AnalyticsStore(cfg.analytics.sqlite_path, cfg.analytics.retention_days, cfg.analytics.purge_interval_s)
         self.analytics = BandAnalytics(cfg.analytics.sqlite_path, cfg.analytics.flush_interval_s, writer=self.store)
-        self.model = load_model(cfg.model.resolved_path(), cfg.model.providers, cfg.model.resolved_threads())
-        self.policy = cfg.policy.to_policy(self.model.metadata.id_check_buffer_years)
-        self.model_mae_years = model_uncertainty_years(self.model.metadata)
-        log.info(
-            "policy: ID check when the lower bound is under %.1f years (policy %.0f + buffer %.1f); "
-            "uncertainty at least %.1f years",
-            self.policy.threshold_years, self.policy.policy_age_years, self.policy.buffer_years, self.model_mae_years,
-        )
-        detector_path = cfg.detector.resolved_path()
-        for index, lane_cfg in enumerate(cfg.lanes):
-            queue = DropOldestQueue(cfg.capture.queue_size, self._wake)
-            reader = LaneReader(
-                lane_cfg.name, lane_cfg.source, lane_cfg.fps, queue,
-                cfg.capture.reopen_backoff_initial_s, cfg.capture.reopen_backoff_max_s,
-                on_status=self._on_lane_status,
-            )
-            detector = (make_detector if index == 0 else FaceDetector)(
-                detector_path, cfg.detector.score_threshold, cfg.detector.min_face_px
-            )
-            tracker = LaneTracker(
-                cfg.tracking.iou_threshold, cfg.tracking.smoothing_window, cfg.tracking.track_timeout_s,
-                self.model_mae_years,
-            )
-            self.lanes[lane_cfg.name] = LaneRuntime(lane_cfg, queue, reader, detector, tracker)
-            log.info("lane %s: source %s at <= %.1f fps", lane_cfg.name, mask_url(lane_cfg.source), lane_cfg.fps)
+        self.prepare()
         self.events.start()
         self.store.start()
         self.analytics.start()
@@ -203,6 +225,15 @@ class Daemon:
         self.api_server = ApiServer(create_app(self), cfg.api.host, cfg.api.port, cfg.api.bearer_token)
         self.api_server.start()
         log.info("agetool daemon serving on http://%s:%d (%d lane(s))", cfg.api.host, self.api_server.port, len(self.lanes))
+
+    def start_processing(self) -> None:
+        """Only the processing thread (the bench feeds lane queues itself)."""
+        self._processor.start()
+
+    def stop_processing(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._processor.join(10.0)
 
     def stop(self) -> None:
         """Stop readers and workers, count the shoppers still in view, flush analytics."""
@@ -244,18 +275,30 @@ class Daemon:
                     log.exception("frame batch skipped")
             self._expire_tracks()
 
+    def _detect(self, lane: LaneRuntime, frame: Frame) -> list[FaceBox]:
+        """The lane's faces in this frame; the last detection again when the frame did not change."""
+        if lane.change_gate is not None and not lane.change_gate.changed(frame.image_bgr):
+            return lane.last_faces
+        lane.last_faces = lane.detector.detect(frame.image_bgr)
+        lane.detections_run += 1
+        return lane.last_faces
+
     def process_batch(self, batch: list[tuple[LaneRuntime, Frame]]) -> None:
-        """Detect on one frame per lane, run one batched inference, update tracks."""
+        """Detect on one frame per lane, run one batched inference over the faces whose tracks
+        need a new estimate, update tracks."""
         owners: list[tuple[LaneRuntime, Frame, FaceBox]] = []
         crops = []
         for lane, frame in batch:
             h, w = frame.image_bgr.shape[:2]
-            face = choose_face(lane.detector.detect(frame.image_bgr), w, h)
+            face = choose_face(self._detect(lane, frame), w, h)
             lane.frames_processed += 1
             if face is None:
                 self._record_latency(lane, frame)
                 continue
-            crop = crop_face_rgb(frame.image_bgr, face, self.model.metadata.face_margin)
+            if self._seen_without_inference(lane, face, frame.captured_s):
+                self._record_latency(lane, frame)
+                continue
+            crop = self.pipeline.crop_rgb(frame.image_bgr, face)
             if self.config.debug_save_crops:
                 self._save_debug_crop(lane.config.name, frame.index, crop)
             owners.append((lane, frame, face))
@@ -263,13 +306,29 @@ class Daemon:
         if not crops:
             return
         started = time.perf_counter()
-        ages = self.model.predict_rgb(crops)
+        records = self.pipeline.infer([face for _, _, face in owners], self.pipeline.to_batch(crops))
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
-        for (lane, frame, face), age_years in zip(owners, ages):
+        for (lane, frame, face), record in zip(owners, records):
             with lane.lock:
-                lane.tracker.update(face, float(age_years), frame.captured_s, frame.captured_wall_s)
+                lane.tracker.update(face, record.age_years, frame.captured_s, frame.captured_wall_s,
+                                    record.age_std_years)
                 lane.frames_with_face += 1
+                lane.faces_inferred += 1
             self._record_latency(lane, frame)
+
+    def _seen_without_inference(self, lane: LaneRuntime, face: FaceBox, now_s: float) -> bool:
+        """True (and the track kept alive) when this face's track has enough agreeing estimates
+        and is not yet due for a refresh: the age model is not run for it on this frame."""
+        tracking = self.config.tracking
+        with lane.lock:
+            track = lane.tracker.match(face, now_s)
+            if track is None or track.needs_estimate(
+                now_s, tracking.settled_estimates, tracking.agree_years, tracking.refresh_s
+            ):
+                return False
+            lane.tracker.touch(track, face, now_s)
+            lane.frames_with_face += 1
+            return True
 
     def _record_latency(self, lane: LaneRuntime, frame: Frame) -> None:
         latency_s = time.monotonic() - frame.captured_s
@@ -368,6 +427,8 @@ class Daemon:
             "frames_dropped": lane.queue.dropped,
             "frames_processed": lane.frames_processed,
             "frames_with_face": lane.frames_with_face,
+            "detections_run": lane.detections_run,
+            "faces_inferred": lane.faces_inferred,
             "live_tracks": lane.tracker.live_count,
             "last_error": state.last_error,
             "frame_to_decision_ms": lane.latency_percentiles_ms(),
@@ -382,7 +443,8 @@ class Daemon:
             "ready": model_ready and processing and bool(lanes) and all(lanes.values()),
             "processing": processing,
             "model": {"ready": model_ready, "path": str(self.config.model.resolved_path().name),
-                      "provider": getattr(self.model, "provider", None)},
+                      "provider": getattr(self.model, "provider", None),
+                      "runtime": getattr(self.model, "runtime", None)},
             "lanes": lanes,
         }
         return details["ready"], details

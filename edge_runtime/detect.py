@@ -1,11 +1,11 @@
-"""Face detection (OpenCV YuNet, or the Haar cascade as a fallback), choosing the shopper's face,
-and cutting the APPA-style crop the age model expects."""
+"""Face detection (OpenCV YuNet, shipped in the package; the Haar cascade only when asked for by
+name), choosing the shopper's face, and cutting the box crop older models expect."""
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +16,21 @@ from agetool.errors import AgetoolError
 log = logging.getLogger(__name__)
 
 HAAR_FILE = "haarcascade_frontalface_default.xml"
+# `--detector haar` / `detector.path: haar`: OpenCV's Haar cascade, an explicit choice only.
+HAAR = "haar"
 
 
 @dataclass(frozen=True)
 class FaceBox:
-    """A detected face in frame pixels (x, y = top-left)."""
+    """A detected face in frame pixels (x, y = top-left), with YuNet's five landmarks as a (5, 2)
+    array (image-left eye, image-right eye, nose tip, left and right mouth corner); None for Haar."""
 
     x: float
     y: float
     w: float
     h: float
     score: float
+    landmarks: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def area(self) -> float:
@@ -35,17 +39,47 @@ class FaceBox:
     def as_xywh(self) -> list[int]:
         return [int(round(self.x)), int(round(self.y)), int(round(self.w)), int(round(self.h))]
 
+    def landmarks_list(self) -> list[list[float]] | None:
+        if self.landmarks is None:
+            return None
+        return [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks]
+
+    def scaled(self, factor: float) -> "FaceBox":
+        """The same face in a frame `factor` times as large (boxes and landmarks alike)."""
+        points = None if self.landmarks is None else self.landmarks * factor
+        return FaceBox(self.x * factor, self.y * factor, self.w * factor, self.h * factor, self.score, points)
+
+
+def is_haar(spec: str | Path | None) -> bool:
+    return spec is not None and str(spec).strip().lower() == HAAR
+
 
 class FaceDetector:
-    """One detector instance per thread: cv2 detectors are not safe to share across threads."""
+    """One detector instance per thread: cv2 detectors are not safe to share across threads.
 
-    def __init__(self, yunet_path: Path | None, score_threshold: float = 0.7, min_face_px: int = 40) -> None:
+    `yunet_path`: a YuNet .onnx, or "haar" for OpenCV's Haar cascade. `detect_max_side`: detect on
+    the frame shrunk so its longer side is at most this many pixels (a face at a till is large),
+    and map boxes and landmarks back to the full frame; None detects at full size."""
+
+    def __init__(
+        self,
+        yunet_path: Path | str | None,
+        score_threshold: float = 0.7,
+        min_face_px: int = 40,
+        detect_max_side: int | None = None,
+    ) -> None:
         import cv2
+
+        from agetool.paths import default_detector_path
 
         self.min_face_px = min_face_px
         self.score_threshold = score_threshold
+        self.detect_max_side = detect_max_side
         self._input_size: tuple[int, int] | None = None
-        if yunet_path is not None:
+        if yunet_path is None:
+            yunet_path = default_detector_path()
+        if not is_haar(yunet_path):
+            yunet_path = Path(yunet_path)
             if not Path(yunet_path).is_file():
                 raise AgetoolError(f"detector {yunet_path}: file not found (a YuNet .onnx was expected)")
             try:
@@ -54,20 +88,36 @@ class FaceDetector:
                 raise AgetoolError(f"detector {yunet_path}: not a loadable YuNet model") from None
             self._haar = None
             self.kind = "yunet"
+            self.source = str(yunet_path)
         else:
             cascade = Path(cv2.data.haarcascades) / HAAR_FILE
             self._haar = cv2.CascadeClassifier(str(cascade))
             if self._haar.empty():
                 raise AgetoolError(
-                    f"detector: no YuNet file configured and the Haar cascade {cascade} is missing; "
-                    "set detector.path / --detector / $AGETOOL_DETECTOR to a YuNet .onnx"
+                    f"detector haar: OpenCV's Haar cascade {cascade} is missing; "
+                    "use the shipped YuNet (leave --detector / detector.path unset)"
                 )
             self._yunet = None
-            self.kind = "haar"
+            self.kind = HAAR
+            self.source = HAAR
 
     def detect(self, bgr: np.ndarray) -> list[FaceBox]:
-        """Faces in a BGR frame, at least min_face_px on the shorter side."""
-        faces = self._detect_yunet(bgr) if self._yunet is not None else self._detect_haar(bgr)
+        """Faces in a BGR frame (full-frame pixels), at least min_face_px on the shorter side."""
+        import cv2
+
+        factor = 1.0
+        h, w = bgr.shape[:2]
+        if self.detect_max_side is not None and max(h, w) > self.detect_max_side:
+            factor = max(h, w) / self.detect_max_side
+            small = (max(1, int(round(w / factor))), max(1, int(round(h / factor))))
+            bgr = cv2.resize(bgr, small, interpolation=cv2.INTER_AREA)
+            factor = w / small[0]
+        if self._yunet is not None:
+            faces = self._detect_yunet(bgr)
+        else:
+            faces = self._detect_haar(bgr, max(8, int(self.min_face_px / factor)))
+        if factor != 1.0:
+            faces = [f.scaled(factor) for f in faces]
         return [f for f in faces if min(f.w, f.h) >= self.min_face_px]
 
     def _detect_yunet(self, bgr: np.ndarray) -> list[FaceBox]:
@@ -78,14 +128,18 @@ class FaceDetector:
         _, found = self._yunet.detect(bgr)
         if found is None:
             return []
-        return [FaceBox(float(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[-1])) for r in found]
+        # YuNet rows: x, y, w, h, five (x, y) landmarks, score
+        return [
+            FaceBox(float(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[-1]),
+                    np.asarray(r[4:14], dtype=np.float64).reshape(5, 2))
+            for r in found
+        ]
 
-    def _detect_haar(self, bgr: np.ndarray) -> list[FaceBox]:
+    def _detect_haar(self, bgr: np.ndarray, min_px: int) -> list[FaceBox]:
         import cv2
 
         grey = cv2.equalizeHist(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
-        found = self._haar.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5,
-                                            minSize=(self.min_face_px, self.min_face_px))
+        found = self._haar.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(min_px, min_px))
         # Models state their crop margin relative to YuNet's box; Haar's box is smaller (YuNet
         # side / Haar side: median 1.09 over 278 UTKFace chips), so grow it about its centre.
         s = HAAR_TO_YUNET_SIDE
@@ -98,14 +152,20 @@ class FaceDetector:
 HAAR_TO_YUNET_SIDE = 1.09
 
 
-def make_detector(yunet_path: Path | None, score_threshold: float = 0.7, min_face_px: int = 40) -> FaceDetector:
-    """YuNet when a file is given, else the Haar cascade with a warning."""
-    if yunet_path is None:
-        log.warning(
-            "no YuNet detector configured: falling back to OpenCV's Haar cascade, which misses "
-            "turned and small faces; set detector.path / --detector / $AGETOOL_DETECTOR"
-        )
-    return FaceDetector(yunet_path, score_threshold, min_face_px)
+def make_detector(
+    yunet_path: Path | str | None,
+    score_threshold: float = 0.7,
+    min_face_px: int = 40,
+    detect_max_side: int | None = None,
+) -> FaceDetector:
+    """YuNet (the given file, else $AGETOOL_DETECTOR, else the shipped one), or Haar when asked for
+    by name; the choice is logged once."""
+    detector = FaceDetector(yunet_path, score_threshold, min_face_px, detect_max_side)
+    if detector.kind == HAAR:
+        log.info("face detector: OpenCV's Haar cascade (asked for; it misses turned and small faces)")
+    else:
+        log.info("face detector: YuNet %s", detector.source)
+    return detector
 
 
 def choose_face(faces: list[FaceBox], frame_w: int, frame_h: int) -> FaceBox | None:
@@ -140,3 +200,32 @@ def iou(a: FaceBox, b: FaceBox) -> float:
     inter = ix * iy
     union = a.area + b.area - inter
     return inter / union if union > 0 else 0.0
+
+
+class FrameChangeGate:
+    """Says whether a frame differs from the last one it let through (a still scene, a paused
+    camera): detection on an unchanged frame would find the same faces again.
+
+    Frames are compared as small grey thumbnails, whose pixels average hundreds of camera pixels,
+    so sensor noise does not count as change; a shopper stepping in or moving their head does.
+    Each frame is compared with the last frame let through, not the previous one, so slow drift
+    adds up and is caught."""
+
+    THUMB_SIZE = (32, 24)
+
+    def __init__(self, max_diff: int = 12) -> None:
+        # Largest difference of one thumbnail pixel (~20 x 20 camera pixels), grey levels 0..255:
+        # averaged sensor noise stays ~2 levels; a face entering moves dozens of them by 30+.
+        self.max_diff = max_diff
+        self._reference: np.ndarray | None = None
+
+    def changed(self, bgr: np.ndarray) -> bool:
+        import cv2
+
+        thumb = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), self.THUMB_SIZE, interpolation=cv2.INTER_AREA)
+        thumb = thumb.astype(np.int16)
+        if self._reference is not None and self._reference.shape == thumb.shape:
+            if int(np.abs(thumb - self._reference).max()) < self.max_diff:
+                return False
+        self._reference = thumb
+        return True

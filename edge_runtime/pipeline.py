@@ -1,6 +1,7 @@
-"""Frame -> faces -> ages: shared by the daemon and the one-shot `agetool run`.
+"""`agetool run`: a source read once through FaceAgePipeline, one JSON line per face; and the
+model loading the daemon shares.
 
-Pixels stay in memory; only boxes, ages and decisions come out."""
+Pixels stay in memory; only boxes, landmarks, ages and decisions come out."""
 
 from __future__ import annotations
 
@@ -22,11 +23,14 @@ log = logging.getLogger(__name__)
 DEMO_ORIGIN = "skimage.data.astronaut (NASA, public domain)"
 
 
-def load_model(path: Path | None, providers: str = "auto", intra_op_threads: int | None = None):
-    """The age model in an ONNX Runtime session, warmed up, its provider logged.
+def load_model(
+    path: Path | None, providers: str = "auto", intra_op_threads: int | None = None, runtime: str = "auto"
+):
+    """The age model on its runtime (auto: the faster of ONNX Runtime and OpenVINO here), warmed
+    up, its runtime and device logged.
 
     `path` None means $AGETOOL_MODEL or the shipped default; a missing default says to pass --model."""
-    from agetool.edge_runtime.infer import OnnxAgeModel
+    from agetool.edge_runtime.infer import open_age_model
 
     resolved = Path(path) if path is not None else default_model_path()
     if not resolved.is_file():
@@ -36,12 +40,15 @@ def load_model(path: Path | None, providers: str = "auto", intra_op_threads: int
                 f"pass --model PATH (an .onnx from `agetool export`) or set ${ENV_MODEL}"
             )
         raise AgetoolError(f"model {resolved}: file not found")
-    model = OnnxAgeModel(resolved, providers=providers, intra_op_threads=intra_op_threads)
+    if resolved.suffix != ".onnx":
+        raise AgetoolError(f"model {resolved}: the runtime takes an .onnx from `agetool export`")
+    model = open_age_model(resolved, runtime, providers, intra_op_threads)
     started = time.perf_counter()
     model.warm_up()
     log.info(
-        "age model %s ready on %s (input %dpx, warm-up %.0f ms)",
-        resolved.name, model.provider, model.input_size, (time.perf_counter() - started) * 1000.0,
+        "age model %s ready on %s %s (input %dpx, crop %s, warm-up %.0f ms)",
+        resolved.name, model.runtime, model.device, model.input_size, model.metadata.crop,
+        (time.perf_counter() - started) * 1000.0,
     )
     return model
 
@@ -53,7 +60,9 @@ class FaceResult:
     source: str
     frame: int
     box: list[int]  # x, y, w, h in frame pixels
+    landmarks: list[list[float]] | None  # YuNet's five (x, y) points; null with Haar
     age_years: float
+    age_std_years: float | None  # the model's own spread for this face, when it gives one
     lower_years: float
     upper_years: float
     band: str
@@ -76,36 +85,24 @@ def demo_image_bgr() -> np.ndarray:
 
 
 def analyse_frame(
-    image_bgr: np.ndarray,
-    origin: str,
-    frame_index: int,
-    detector,
-    model,
-    policy: Challenge25Policy,
-    uncertainty_years: float,
+    image_bgr: np.ndarray, origin: str, frame_index: int, pipeline, policy: Challenge25Policy
 ) -> list[FaceResult]:
-    """Every face in one frame with its age (single-frame estimate +/- the model's uncertainty)."""
-    from agetool.edge_runtime.detect import crop_face_rgb
-
-    faces = detector.detect(image_bgr)
-    if not faces:
-        return []
-    margin = model.metadata.face_margin
-    ages = model.predict_rgb([crop_face_rgb(image_bgr, face, margin) for face in faces])
+    """Every face in one frame with its age (single-frame estimate +/- its uncertainty: the
+    face's own spread times interval_scale when the model gives one, else the model's MAE)."""
     results = []
-    for face, age in zip(faces, ages):
-        age = float(age)
-        lower = max(0.0, age - uncertainty_years)
+    for record in pipeline.analyse(image_bgr):
         results.append(
             FaceResult(
                 source=origin,
                 frame=frame_index,
-                box=face.as_xywh(),
-                age_years=round(age, 2),
-                lower_years=round(lower, 2),
-                upper_years=round(age + uncertainty_years, 2),
-                band=age_band(age),
-                id_check_required=policy.id_check_required(lower),
+                box=record.face.as_xywh(),
+                landmarks=record.face.landmarks_list(),
+                age_years=round(record.age_years, 2),
+                age_std_years=None if record.age_std_years is None else round(record.age_std_years, 2),
+                lower_years=round(record.lower_years, 2),
+                upper_years=round(record.upper_years, 2),
+                band=age_band(record.age_years),
+                id_check_required=policy.id_check_required(record.lower_years),
             )
         )
     return results
@@ -129,26 +126,26 @@ def run_source(
     source: str | int | None,
     out: TextIO,
     model_path: Path | None = None,
-    detector_path: Path | None = None,
+    detector_path: Path | str | None = None,
     providers: str = "auto",
     demo: bool = False,
     max_frames: int | None = None,
     policy_age_years: float | None = None,
     buffer_years: float | None = None,
+    runtime: str = "auto",
 ) -> int:
     """`agetool run`: one JSON line per face to `out` for an image, folder, video or camera
     (read once through), or for the demo portrait. Returns the number of faces written."""
     from agetool.edge_runtime.detect import make_detector
+    from agetool.edge_runtime.face_pipeline import FaceAgePipeline
     from agetool.edge_runtime.sources import iter_frames, mask_url
-    from agetool.edge_runtime.track import model_uncertainty_years
 
     if demo == (source is not None):
         raise AgetoolError("run: give either a SOURCE or --demo")
     policy_config = _policy(policy_age_years, buffer_years)
-    model = load_model(model_path, providers)
-    detector = make_detector(detector_path)
+    model = load_model(model_path, providers, runtime=runtime)
+    pipeline = FaceAgePipeline(make_detector(detector_path), model)
     policy = policy_config.to_policy(model.metadata.id_check_buffer_years)
-    uncertainty = model_uncertainty_years(model.metadata)
     frames: Iterable[tuple[int, str, np.ndarray]]
     if demo:
         frames = [(0, DEMO_ORIGIN, demo_image_bgr())]
@@ -162,7 +159,7 @@ def run_source(
     n_frames = 0
     for index, origin, image in frames:
         n_frames += 1
-        results = analyse_frame(image, origin, index, detector, model, policy, uncertainty)
+        results = analyse_frame(image, origin, index, pipeline, policy)
         if not results:
             log.info("%s frame %d: no face found", origin, index)
         for result in results:

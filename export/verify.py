@@ -81,58 +81,56 @@ def _age_output(outputs: Any) -> Any:
     return outputs[OUTPUT_NAME] if isinstance(outputs, dict) else outputs
 
 
-def onnx_predict(session: Any, images: np.ndarray) -> np.ndarray:
-    """Raw ONNX Runtime outputs (unclipped, so parity sees every difference), shape (N,)."""
+def onnx_predict(model: Any, images: np.ndarray) -> np.ndarray:
+    """Raw age outputs of a runtime model (unclipped, so parity sees every difference), shape (N,);
+    the age output is found by name, whatever else the graph returns."""
     if len(images) == 0:
         return np.zeros((0,), dtype=np.float32)
-    input_name = session.get_inputs()[0].name
     parts = [
-        session.run([OUTPUT_NAME], {input_name: images[i : i + PREDICT_BATCH]})[0].reshape(-1)
-        for i in range(0, len(images), PREDICT_BATCH)
+        model.raw_outputs(images[i : i + PREDICT_BATCH]).ages_years for i in range(0, len(images), PREDICT_BATCH)
     ]
     return np.concatenate(parts).astype(np.float32)
 
 
-def cpu_ms_per_image(session: Any, image: np.ndarray) -> float:
+def cpu_ms_per_image(model: Any, image: np.ndarray) -> float:
     """Median of a few batch-1 runs after warm-up: a rough figure, not a benchmark."""
-    input_name = session.get_inputs()[0].name
     one = image[None]
     for _ in range(TIMING_WARMUP):
-        session.run(None, {input_name: one})
+        model.raw_outputs(one)
     times_ms = []
     for _ in range(TIMING_RUNS):
         start = time.perf_counter()
-        session.run(None, {input_name: one})
+        model.raw_outputs(one)
         times_ms.append((time.perf_counter() - start) * 1000.0)
     return statistics.median(times_ms)
 
 
 def verify_file(path: Path, variant: str, input_size: int, reference: Reference) -> Verification:
-    """Open the file the way the till does (OnnxAgeModel, CPU), check its metadata reads back,
-    and compare its outputs with the Keras model's."""
-    from agetool.edge_runtime.infer import OnnxAgeModel
+    """Open the file the way the till does (the runtime's model opener, ONNX Runtime on CPU),
+    check its metadata reads back, and compare its outputs with the Keras model's."""
+    from agetool.edge_runtime.infer import open_age_model
 
-    model = OnnxAgeModel(path, providers="cpu")
+    model = open_age_model(path, "onnxruntime", providers="cpu")
     if model.metadata.variant != variant or model.metadata.input_size != input_size:
         raise AgetoolError(
             f"{path.name}: metadata reads back as variant {model.metadata.variant}, input size "
             f"{model.metadata.input_size}; expected {variant}, {input_size}"
         )
     n = len(reference.fixed_batch)
-    out_shape = model.session.run([OUTPUT_NAME], {model.input_name: reference.fixed_batch})[0].shape
+    out_shape = model.session.run([model.output_name], {model.input_name: reference.fixed_batch})[0].shape
     if out_shape != (n, 1):
         raise AgetoolError(f"{path.name}: output shape {out_shape} for a batch of {n}; expected ({n}, 1)")
-    fixed_years = onnx_predict(model.session, reference.fixed_batch)
+    fixed_years = onnx_predict(model, reference.fixed_batch)
     max_abs_diff = float(np.max(np.abs(fixed_years - reference.fixed_keras_years)))
     variant_mae = val_mean_abs_diff = None
     if len(reference.val_images):
-        val_years = onnx_predict(model.session, reference.val_images)
+        val_years = onnx_predict(model, reference.val_images)
         variant_mae = mae(val_years, reference.val_ages_years)
         val_mean_abs_diff = float(np.mean(np.abs(val_years - reference.val_keras_years)))
     return Verification(
         max_abs_diff_years=max_abs_diff,
         keras_mae_years=reference.keras_val_mae,
         variant_mae_years=variant_mae,
-        cpu_ms_per_image=cpu_ms_per_image(model.session, reference.fixed_batch[0]),
+        cpu_ms_per_image=cpu_ms_per_image(model, reference.fixed_batch[0]),
         val_mean_abs_diff_years=val_mean_abs_diff,
     )

@@ -22,11 +22,14 @@ def build_tiny_age_onnx(
     scale: float = 60.0,
     offset: float = 5.0,
     with_metadata: bool = True,
+    std_scale: float | None = None,
     **metadata_fields,
 ) -> Path:
     """A real ONNX age model: age = offset + scale * mean(pixels) / 255, shape (N, 1).
 
-    Brighter images look older: enough to check that pixels flow through the runtime."""
+    Brighter images look older: enough to check that pixels flow through the runtime. With
+    `std_scale`, a second output "age_std_years" = 1 + std_scale * mean(pixels) / 255 comes
+    FIRST in the graph's outputs (the runtime must find the age by name) and the metadata names it."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -44,11 +47,23 @@ def build_tiny_age_onnx(
         helper.make_tensor("scale", TensorProto.FLOAT, [], [scale / 255.0]),
         helper.make_tensor("offset", TensorProto.FLOAT, [], [offset]),
     ]
+    outputs = [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", 1])]
+    if std_scale is not None:
+        nodes += [
+            helper.make_node("Mul", ["m2", "std_scale"], ["std_s"]),
+            helper.make_node("Add", ["std_s", "std_offset"], ["age_std_years"]),
+        ]
+        inits += [
+            helper.make_tensor("std_scale", TensorProto.FLOAT, [], [std_scale / 255.0]),
+            helper.make_tensor("std_offset", TensorProto.FLOAT, [], [1.0]),
+        ]
+        outputs.insert(0, helper.make_tensor_value_info("age_std_years", TensorProto.FLOAT, ["N", 1]))
+        metadata_fields.setdefault("std_output_name", "age_std_years")
     graph = helper.make_graph(
         nodes,
         "tiny_age",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", input_size, input_size, 3])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", 1])],
+        outputs,
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -6,6 +6,7 @@ import pytest
 
 from agetool.contract import FACE_MARGIN, Challenge25Policy, ModelMetadata
 from agetool.edge_runtime.detect import FaceBox, crop_face_rgb
+from agetool.edge_runtime.face_pipeline import FaceAgePipeline
 from agetool.edge_runtime.infer import OnnxAgeModel
 from agetool.edge_runtime.pipeline import analyse_frame
 from conftest import build_tiny_age_onnx
@@ -43,6 +44,7 @@ def test_crop_grows_with_margin():
 def test_runtime_crops_with_the_models_margin(tmp_path, margin, expected_mean):
     path = build_tiny_age_onnx(tmp_path / f"m{margin}.onnx", face_margin=margin)
     model = OnnxAgeModel(path, providers="cpu")
-    results = analyse_frame(bright_square_on_black(), "test", 0, OneBoxDetector(), model, Challenge25Policy(), 5.0)
+    pipeline = FaceAgePipeline(OneBoxDetector(), model)
+    results = analyse_frame(bright_square_on_black(), "test", 0, pipeline, Challenge25Policy())
     # tiny model: age = 5 + 60 * mean / 255, so the age tells which pixels the crop held
     assert results[0].age_years == pytest.approx(5 + 60 * expected_mean / 255, abs=0.6)

@@ -19,7 +19,8 @@ from conftest import YUNET
 from test_runtime_units import astronaut_bgr, make_face_canvas_folder
 
 AGETOOL = [sys.executable, "-m", "agetool.cli"]
-FIELDS = {"source", "frame", "box", "age_years", "lower_years", "upper_years", "band", "id_check_required"}
+FIELDS = {"source", "frame", "box", "landmarks", "age_years", "age_std_years", "lower_years", "upper_years", "band",
+          "id_check_required"}
 TINY_MAE_DEFAULT = 5.0  # the tiny model states no MAE: the runtime assumes 5 years
 
 
@@ -76,8 +77,15 @@ def test_run_demo_and_usage_errors(tmp_path, tiny_onnx_model):
     assert result.returncode == 0, result.stderr
     [row] = parse_lines(result.stdout)
     assert "astronaut" in row["source"]
-    haar = agetool_run(["--demo", "--model", str(tiny_onnx_model)], tmp_path)
+    shipped = agetool_run(["--demo", "--model", str(tiny_onnx_model)], tmp_path)  # no --detector: shipped YuNet
+    assert shipped.returncode == 0, shipped.stderr
+    assert "detector" not in "".join(l for l in shipped.stderr.splitlines(True) if "WARNING" in l)
+    assert "Haar" not in shipped.stderr
+    [shipped_row] = parse_lines(shipped.stdout)
+    assert shipped_row["box"] == row["box"] and len(shipped_row["landmarks"]) == 5
+    haar = agetool_run(["--demo", "--model", str(tiny_onnx_model), "--detector", "haar"], tmp_path)
     assert haar.returncode == 0 and "Haar" in haar.stderr and len(parse_lines(haar.stdout)) >= 1
+    assert all(r["landmarks"] is None for r in parse_lines(haar.stdout))
     bad_buffer = agetool_run(["--demo", "--buffer", "99", "--model", str(tiny_onnx_model)], tmp_path)
     assert bad_buffer.returncode == 2 and "buffer_years" in bad_buffer.stderr and "Traceback" not in bad_buffer.stderr
     missing = agetool_run([str(tmp_path / "nowhere"), "--model", str(tiny_onnx_model)], tmp_path)

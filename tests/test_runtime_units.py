@@ -72,7 +72,7 @@ def test_yunet_finds_the_astronaut_and_haar_agrees():
     assert len(yunet_faces) == 1
     face = yunet_faces[0]
     assert 150 < face.x + face.w / 2 < 260 and 80 < face.y + face.h / 2 < 160  # her face, upper left
-    haar_faces = FaceDetector(None).detect(image)
+    haar_faces = FaceDetector("haar").detect(image)
     assert haar_faces, "Haar fallback found no face on the astronaut portrait"
     assert max(iou(face, h) for h in haar_faces) > 0.3
 

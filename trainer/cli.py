@@ -107,7 +107,9 @@ def align(
 @data_app.command("framing")
 def framing(
     data_dirs: List[Path] = typer.Argument(..., help=DATA_DIRS_HELP),
-    detector: Path = typer.Option(..., "--detector", help="YuNet face detector (.onnx) the runtime will use."),
+    detector: Optional[Path] = typer.Option(
+        None, "--detector", help="YuNet face detector (.onnx) the runtime will use (default: the shipped one)."
+    ),
     sample: int = typer.Option(600, "--sample", min=1, help="Images to measure (seeded sample)."),
 ) -> None:
     """Measure how tightly the images frame their faces: the --face-margin to export with."""
@@ -234,6 +236,18 @@ def evaluate(
     batch_size: int = typer.Option(64, "--batch-size"),
     providers: str = typer.Option("auto", "--providers", help="ONNX Runtime providers: auto, cpu, cuda, tensorrt."),
     workers: int = typer.Option(4, "--workers", min=1, max=64, help="Decoding threads."),
+    detect: bool = typer.Option(
+        False, "--detect", help="--images are whole photos: detect the face and crop it as the till does "
+        "(a photo with no face counts as 'ID required')."
+    ),
+    detector: Optional[str] = typer.Option(
+        None, "--detector", help="With --detect: YuNet .onnx (default: the shipped one) or 'haar'."
+    ),
+    jitter: float = typer.Option(
+        0.0, "--jitter", help="With --detect: also move landmarks / box by up to this share of the face size "
+        "and report the MAE shift (framing robustness)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of --jitter."),
 ) -> None:
     """Score a model's age estimates: MAE, RMSE, per-band error, Challenge-25 rates."""
     from agetool.trainer.evaluate import default_model_or_error, evaluate_folder, report_table
@@ -252,6 +266,10 @@ def evaluate(
         providers=providers,
         workers=workers,
         show_progress=True,
+        detect=detect,
+        detector=detector,
+        jitter=jitter,
+        seed=seed,
     )
     console = _console()
     console.print(report_table(report))

@@ -19,8 +19,6 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from agetool.contract import (
-    AGE_MAX_YEARS,
-    AGE_MIN_YEARS,
     BAND_NAMES,
     DEFAULT_POLICY_AGE_YEARS,
     age_band,
@@ -100,10 +98,11 @@ def evaluate_predictions(
     buffer_years: float = 0.0,
     policy_age_years: float = DEFAULT_POLICY_AGE_YEARS,
     metadata_buffer_years: float | None = None,
-    metadata_uncertainty_years: float | None = None,
+    metadata_uncertainty_years: float | np.ndarray | None = None,
 ) -> AgeMetrics:
     """Score estimates against real ages (same order). With the model's own buffer, the rates
-    are also given under the daemon's rule (estimate - uncertainty vs policy age + buffer)."""
+    are also given under the daemon's rule (estimate - uncertainty vs policy age + buffer); the
+    uncertainty is one figure, or one per face for models with a spread output (reported as its mean)."""
     true = np.asarray(true_ages_years, dtype=np.float64).reshape(-1)
     est = np.asarray(estimated_ages_years, dtype=np.float64).reshape(-1)
     if true.shape != est.shape:
@@ -123,7 +122,10 @@ def evaluate_predictions(
     counts = challenge25_rates(true, est, policy_age_years + buffer_years)
     at_buffer = _rates(true, est, policy_age_years, buffer_years)
     at_metadata = (
-        _rates(true, est - (metadata_uncertainty_years or 0.0), policy_age_years, metadata_buffer_years)
+        _rates(
+            true, est - (0.0 if metadata_uncertainty_years is None else metadata_uncertainty_years),
+            policy_age_years, metadata_buffer_years,
+        )
         if metadata_buffer_years is not None
         else None
     )
@@ -144,7 +146,10 @@ def evaluate_predictions(
         n_minors=counts["n_minors"],
         n_adults_25_plus=counts["n_adults_25_plus"],
         metadata_buffer_years=metadata_buffer_years,
-        metadata_uncertainty_years=metadata_uncertainty_years if metadata_buffer_years is not None else None,
+        metadata_uncertainty_years=(
+            None if metadata_buffer_years is None or metadata_uncertainty_years is None
+            else round(float(np.mean(metadata_uncertainty_years)), 4)
+        ),
         rates_at_metadata_buffer=at_metadata,
     )
 
@@ -245,21 +250,6 @@ class AgePredictor(Protocol):
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
 
 
-class _KerasPredictor:
-    def __init__(self, path: Path) -> None:
-        from agetool.trainer.model import load_keras_model
-
-        self.model = load_keras_model(path)
-        shape = self.model.input_shape
-        if len(shape) != 4 or shape[1] != shape[2] or shape[1] is None or shape[3] != 3:
-            raise AgetoolError(f"model {path}: expected a square RGB input (N, S, S, 3), got {shape}")
-        self.input_size = int(shape[1])
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        out = np.asarray(self.model.predict_on_batch(batch.astype(np.float32, copy=False)))
-        return np.clip(out.reshape(len(batch)), AGE_MIN_YEARS, AGE_MAX_YEARS)
-
-
 class ModelInfo(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
@@ -270,31 +260,35 @@ class ModelInfo(BaseModel):
     variant: str | None = None
     id_check_buffer_years: float | None = None
     uncertainty_years: float | None = None
+    crop: str | None = None
+    std_output_name: str | None = None
+    interval_scale: float | None = None
 
 
-def open_model(path: str | Path, providers: str = "auto") -> tuple[AgePredictor, ModelInfo]:
-    """A `.onnx` (ONNX Runtime, input size from its metadata) or `.keras` model."""
+def open_model(path: str | Path, providers: str = "auto", runtime: str = "onnxruntime") -> tuple[AgePredictor, ModelInfo]:
+    """A `.onnx` (ONNX Runtime or OpenVINO, input size from its metadata) or `.keras` model,
+    opened by the runtime's one model opener."""
+    from agetool.edge_runtime.infer import open_age_model
+
     path = Path(path)
     if path.suffix not in MODEL_SUFFIXES:
         raise AgetoolError(f"model {path}: expected a .onnx or .keras file")
-    if not path.is_file():
-        raise AgetoolError(f"model {path}: file not found")
-    if path.suffix == ".onnx":
-        from agetool.edge_runtime.infer import OnnxAgeModel
-
-        onnx_model = OnnxAgeModel(path, providers=providers)
-        meta = onnx_model.metadata
-        return onnx_model, ModelInfo(
-            model_path=str(path),
-            model_format="onnx",
-            input_size=meta.input_size,
-            backbone=meta.backbone,
-            variant=meta.variant,
-            id_check_buffer_years=meta.id_check_buffer_years,
-            uncertainty_years=meta.mae_uncertainty_years if meta.mae_uncertainty_years is not None else meta.val_mae,
-        )
-    keras_model = _KerasPredictor(path)
-    return keras_model, ModelInfo(model_path=str(path), model_format="keras", input_size=keras_model.input_size)
+    model = open_age_model(path, runtime, providers)
+    meta = model.metadata
+    if meta is None:
+        return model, ModelInfo(model_path=str(path), model_format="keras", input_size=model.input_size)
+    return model, ModelInfo(
+        model_path=str(path),
+        model_format="onnx",
+        input_size=meta.input_size,
+        backbone=meta.backbone,
+        variant=meta.variant,
+        id_check_buffer_years=meta.id_check_buffer_years,
+        uncertainty_years=meta.mae_uncertainty_years if meta.mae_uncertainty_years is not None else meta.val_mae,
+        crop=meta.crop,
+        std_output_name=meta.std_output_name,
+        interval_scale=meta.interval_scale,
+    )
 
 
 # --- Evaluation --------------------------------------------------------------------------------
@@ -331,8 +325,30 @@ def predict_rows(
     """Estimated ages for rows with a `path` column: (ages of the readable rows, bool mask over
     rows of which were readable, error lines of the others). `flip` averages each face with its
     mirror image (test-time augmentation)."""
+    estimates, _, readable, errors = predict_rows_with_std(model, rows, batch_size, flip, workers, progress)
+    return estimates, readable, errors
+
+
+def _predict(model: AgePredictor, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    if hasattr(model, "predict_with_std"):
+        prediction = model.predict_with_std(batch)
+        return prediction.ages_years, prediction.std_years
+    return model.predict(batch), None
+
+
+def predict_rows_with_std(
+    model: AgePredictor,
+    rows: pd.DataFrame,
+    batch_size: int = 64,
+    flip: bool = False,
+    workers: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[str]]:
+    """predict_rows plus each face's own spread (None for models with one output)."""
     paths = list(rows["path"])
     estimates = np.zeros(len(paths), dtype=np.float64)
+    spreads = np.zeros(len(paths), dtype=np.float64)
+    has_spread = True
     readable = np.zeros(len(paths), dtype=bool)
     errors: list[str] = []
     for start in range(0, len(paths), DECODE_CHUNK):
@@ -340,16 +356,32 @@ def predict_rows(
         images, ok, chunk_errors = load_faces(chunk, model.input_size, workers=workers, progress=progress)
         errors += chunk_errors
         ages = np.zeros(len(images), dtype=np.float64)
+        stds = np.zeros(len(images), dtype=np.float64)
         for b in range(0, len(images), batch_size):
             batch = images[b : b + batch_size].astype(np.float32)
-            ages[b : b + batch_size] = model.predict(batch)
+            ages[b : b + batch_size], std = _predict(model, batch)
             if flip:
                 mirrored = np.ascontiguousarray(batch[:, :, ::-1, :])
-                ages[b : b + batch_size] = (ages[b : b + batch_size] + model.predict(mirrored)) / 2.0
+                mirrored_ages, mirrored_std = _predict(model, mirrored)
+                ages[b : b + batch_size] = (ages[b : b + batch_size] + mirrored_ages) / 2.0
+                std = None if std is None or mirrored_std is None else (std + mirrored_std) / 2.0
+            if std is None:
+                has_spread = False
+            else:
+                stds[b : b + batch_size] = std
         idx = np.flatnonzero(ok) + start
         estimates[idx] = ages
+        spreads[idx] = stds
         readable[idx] = True
-    return estimates[readable], readable, errors
+    return estimates[readable], (spreads[readable] if has_spread else None), readable, errors
+
+
+def daemon_uncertainty(info: ModelInfo, stds: np.ndarray | None) -> float | np.ndarray | None:
+    """What the daemon subtracts before comparing with the threshold: interval_scale times each
+    face's own spread for models that give one, else the model's stated uncertainty."""
+    if stds is not None and info.std_output_name:
+        return (info.interval_scale or 1.0) * stds
+    return info.uncertainty_years
 
 
 def evaluate_model(
@@ -385,12 +417,12 @@ def evaluate_model(
     )
     with progress:
         task = progress.add_task("evaluating", total=len(rows))
-        estimates, readable, errors = predict_rows(
+        estimates, stds, readable, errors = predict_rows_with_std(
             model, rows, batch_size, flip, workers, progress=lambda n: progress.advance(task, n)
         )
     true = rows["real_age"].to_numpy(dtype=np.float64)[readable]
     metrics = evaluate_predictions(
-        true, estimates, buffer_years, policy_age_years, info.id_check_buffer_years, info.uncertainty_years
+        true, estimates, buffer_years, policy_age_years, info.id_check_buffer_years, daemon_uncertainty(info, stds)
     )
     predictions = None
     if keep_predictions:
@@ -467,25 +499,40 @@ def evaluate_folder(
     providers: str = "auto",
     workers: int = 4,
     show_progress: bool = False,
+    detect: bool = False,
+    detector: str | Path | None = None,
+    jitter: float = 0.0,
+    seed: int = 0,
 ) -> EvaluationReport:
-    """`agetool evaluate`: read the rows, evaluate, write the JSON (and per-image CSV) atomically."""
+    """`agetool evaluate`: read the rows, evaluate (face crops; or whole photos through the
+    detector with `detect`), write the JSON (and per-image CSV) atomically."""
+    if not detect and (detector is not None or jitter):
+        raise AgetoolError("--detector / --jitter: go with --detect (whole photos)")
+    if detect and flip:
+        raise AgetoolError("--flip: not with --detect")
     rows, problems = load_eval_rows(images, labels, split_file, subset)
     if rows.empty:
         raise AgetoolError(f"--images {images}: no usable labelled image (see the skipped rows in the log)")
     for problem in problems[:10]:
         log.warning("skipped %s/%s: %s", problem.dataset, problem.file_name, problem.reason)
-    report = evaluate_model(
-        model_path,
-        rows,
-        batch_size=batch_size,
-        flip=flip,
-        buffer_years=buffer_years,
-        policy_age_years=policy_age_years,
-        providers=providers,
-        workers=workers,
-        keep_predictions=predictions_out is not None,
-        show_progress=show_progress,
-    )
+    if detect:
+        report: EvaluationReport = evaluate_detect(
+            model_path, rows, detector, jitter, seed, buffer_years, policy_age_years, providers,
+            keep_predictions=predictions_out is not None, show_progress=show_progress,
+        )
+    else:
+        report = evaluate_model(
+            model_path,
+            rows,
+            batch_size=batch_size,
+            flip=flip,
+            buffer_years=buffer_years,
+            policy_age_years=policy_age_years,
+            providers=providers,
+            workers=workers,
+            keep_predictions=predictions_out is not None,
+            show_progress=show_progress,
+        )
     label_lines = [f"{p.dataset}/{p.file_name}: {p.reason}" for p in problems]
     report.n_skipped += len(problems)
     report.skipped = (label_lines + report.skipped)[:100]
@@ -498,6 +545,142 @@ def evaluate_folder(
     if json_out is not None:
         payload = report.model_dump_json(indent=2, exclude={"predictions"})
         atomic_write_bytes(json_out, (payload + "\n").encode())
+    return report
+
+
+# --- Whole photos (evaluate --detect) ----------------------------------------------------------
+class DetectEvaluationReport(EvaluationReport):
+    """`agetool evaluate --detect`: the pipeline the till runs (detector, the model's own crop,
+    the model) on whole photos. MAE and per-band keys are over the photos with a face found (`n`);
+    a photo with no face counts as "ID required" in the Challenge-25 rates, as at the till, so
+    `n_minors` and `n_adults_25_plus` include those photos."""
+
+    detector: str = ""
+    n_no_face: int = 0
+    jitter_fraction: float | None = None
+    jitter_seed: int | None = None
+    jittered_mae: float | None = Field(None, description="MAE with the landmarks / box moved by up to jitter_fraction")
+    jitter_mae_shift_years: float | None = Field(None, description="jittered_mae - mae")
+    jitter_mean_abs_estimate_shift_years: float | None = Field(
+        None, description="mean |estimate with jitter - estimate without| over the faces found"
+    )
+
+
+def _read_photo(path: str) -> np.ndarray | None:
+    import cv2
+
+    return cv2.imread(str(path), cv2.IMREAD_COLOR)
+
+
+def evaluate_detect(
+    model_path: str | Path,
+    rows: pd.DataFrame,
+    detector: str | Path | None = None,
+    jitter: float = 0.0,
+    seed: int = 0,
+    buffer_years: float = 0.0,
+    policy_age_years: float = DEFAULT_POLICY_AGE_YEARS,
+    providers: str = "auto",
+    runtime: str = "onnxruntime",
+    keep_predictions: bool = False,
+    show_progress: bool = False,
+) -> DetectEvaluationReport:
+    """Run FaceAgePipeline on whole photos (`rows`: path, real_age): the shopper's face as the
+    daemon picks it (largest, most central), cropped as the model's metadata says, and score it."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from agetool.edge_runtime.detect import choose_face, make_detector
+    from agetool.edge_runtime.face_pipeline import FaceAgePipeline, jitter_face
+
+    if not 0 <= jitter <= 0.5:
+        raise AgetoolError(f"--jitter {jitter:g}: expected a share of the face size in 0..0.5")
+    if not 0 <= buffer_years <= MAX_BUFFER_YEARS:
+        raise AgetoolError(f"--buffer {buffer_years:g}: expected 0..{MAX_BUFFER_YEARS:g} years")
+    if Path(model_path).suffix != ".onnx":
+        raise AgetoolError(f"--detect: model {model_path}: needs an .onnx (its metadata says how to crop)")
+    started = time.monotonic()
+    model, info = open_model(model_path, providers, runtime)
+    pipeline = FaceAgePipeline(make_detector(detector), model)
+    rng = np.random.default_rng(seed)
+    n_rows = len(rows)
+    estimates = np.full(n_rows, np.nan)
+    lowers = np.full(n_rows, np.nan)
+    jittered = np.full(n_rows, np.nan)
+    readable = np.zeros(n_rows, dtype=bool)
+    errors: list[str] = []
+    progress = Progress(
+        TextColumn("evaluating photos"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not show_progress,
+    )
+    with progress:
+        task = progress.add_task("evaluating", total=n_rows)
+        for i, path in enumerate(rows["path"]):
+            progress.advance(task)
+            image = _read_photo(path)
+            if image is None:
+                errors.append(f"{path}: not a readable image")
+                continue
+            readable[i] = True
+            face = choose_face(pipeline.detect(image), image.shape[1], image.shape[0])
+            if face is None:
+                continue
+            faces = [face] + ([jitter_face(face, jitter, rng)] if jitter > 0 else [])
+            records = pipeline.estimate(image, faces)
+            estimates[i], lowers[i] = records[0].age_years, records[0].lower_years
+            if jitter > 0:
+                jittered[i] = records[1].age_years
+    true_all = rows["real_age"].to_numpy(dtype=np.float64)
+    found = readable & np.isfinite(estimates)
+    if not found.any():
+        raise AgetoolError(f"evaluate --detect: the detector found no face in any of the {int(readable.sum())} readable photos")
+    uncertainty = estimates[found] - lowers[found]
+    metrics = evaluate_predictions(
+        true_all[found], estimates[found], buffer_years, policy_age_years, info.id_check_buffer_years,
+        uncertainty if info.id_check_buffer_years is not None else None,
+    )
+    # Photos without a face: the till asks for ID, so they count as checked / not passed.
+    true_read = true_all[readable]
+    est_read = np.where(np.isfinite(estimates[readable]), estimates[readable], -np.inf)
+    lower_read = np.where(np.isfinite(lowers[readable]), lowers[readable], -np.inf)
+    counts = challenge25_rates(true_read, est_read, policy_age_years + buffer_years)
+    at_buffer = _rates(true_read, est_read, policy_age_years, buffer_years)
+    values = metrics.model_dump()
+    values.update(
+        minors_passed_rate=at_buffer.minors_passed_rate,
+        adults_checked_rate=at_buffer.adults_checked_rate,
+        n_minors=counts["n_minors"],
+        n_adults_25_plus=counts["n_adults_25_plus"],
+        rates_at_metadata_buffer=(
+            _rates(true_read, lower_read, policy_age_years, info.id_check_buffer_years)
+            if info.id_check_buffer_years is not None else None
+        ),
+    )
+    report = DetectEvaluationReport(
+        **values,
+        model=info,
+        n_skipped=len(errors),
+        skipped=errors[:100],
+        detector=pipeline.detector.source,
+        n_no_face=int((readable & ~found).sum()),
+    )
+    if jitter > 0:
+        jittered_mae = float(np.abs(jittered[found] - true_all[found]).mean())
+        report.jitter_fraction = jitter
+        report.jitter_seed = seed
+        report.jittered_mae = round(jittered_mae, 4)
+        report.jitter_mae_shift_years = round(jittered_mae - metrics.mae, 4)
+        report.jitter_mean_abs_estimate_shift_years = round(float(np.abs(jittered[found] - estimates[found]).mean()), 4)
+    if keep_predictions:
+        kept = rows[found]
+        report.predictions = [
+            PredictionRow(dataset=str(d), file_name=str(f), real_age=float(a), estimated_age=round(float(e), 3))
+            for d, f, a, e in zip(
+                kept.get("dataset", pd.Series([""] * len(kept))), kept.get("file_name", kept["path"]),
+                kept["real_age"], estimates[found],
+            )
+        ]
+    report.wall_time_s = round(time.monotonic() - started, 2)
     return report
 
 
@@ -536,6 +719,11 @@ def report_table(report: EvaluationReport):
         head.add_row(f"minors passed ({rule})", fmt(at.minors_passed_rate, pct=True))
         head.add_row(f"adults 25+ checked ({rule})", fmt(at.adults_checked_rate, pct=True))
     head.add_row("skipped", str(report.n_skipped))
+    if isinstance(report, DetectEvaluationReport):
+        head.add_row("photos with no face found (ID required)", str(report.n_no_face))
+        if report.jitter_fraction is not None:
+            head.add_row(f"MAE with jitter {report.jitter_fraction:g} (shift)",
+                         f"{fmt(report.jittered_mae)} ({report.jitter_mae_shift_years:+.2f})")
     bands = Table(title="by age band", show_header=True)
     for column in ("band", "n", "MAE", "bias"):
         bands.add_column(column, justify="right")

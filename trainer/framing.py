@@ -15,26 +15,27 @@ import numpy as np
 from agetool.errors import AgetoolError
 
 
-def measure_face_margin(image_paths: Sequence[str | Path], detector_path: str | Path) -> tuple[float, int]:
-    """Median framing of the images under YuNet: (margin, faces measured).
+def measure_face_margin(image_paths: Sequence[str | Path], detector_path: str | Path | None = None) -> tuple[float, int]:
+    """Median framing of the images under the runtime's own detector (YuNet, the shipped one by
+    default): (margin, faces measured).
 
     margin = (image side / face box side - 1) / 2, the value expand_box needs to reproduce the
     training crops from a detection."""
     import cv2
 
-    detector_path = Path(detector_path)
-    if not detector_path.is_file():
+    from agetool.edge_runtime.detect import FaceDetector
+
+    if detector_path is not None and str(detector_path) != "haar" and not Path(detector_path).is_file():
         raise AgetoolError(f"--detector {detector_path}: YuNet .onnx file not found")
-    detector = cv2.FaceDetectorYN.create(str(detector_path), "", (200, 200), 0.6)
+    detector = FaceDetector(detector_path, score_threshold=0.6, min_face_px=8)
     shares = []
     for path in image_paths:
         image = cv2.imread(str(path))
         if image is None:
             continue
-        detector.setInputSize((image.shape[1], image.shape[0]))
-        _, faces = detector.detect(image)
-        if faces is not None and len(faces):
-            shares.append(max(faces[0][2], faces[0][3]) / max(image.shape[:2]))
+        faces = detector.detect(image)
+        if faces:
+            shares.append(max(faces[0].w, faces[0].h) / max(image.shape[:2]))
     if not shares:
         raise AgetoolError("framing: the detector found no face in any image")
     side_share = float(np.median(shares))
@@ -42,7 +43,7 @@ def measure_face_margin(image_paths: Sequence[str | Path], detector_path: str | 
 
 
 def measure_folders_margin(
-    folders: Sequence[str | Path], detector_path: str | Path, sample: int = 600, seed: int = 42
+    folders: Sequence[str | Path], detector_path: str | Path | None, sample: int = 600, seed: int = 42
 ) -> tuple[float, int]:
     """`agetool data framing`: the margin measured on a seeded sample of the folders' images."""
     from agetool.trainer.data import read_usable
