@@ -37,11 +37,12 @@ def report(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for compliance.json, report.md and the PNG charts."),
     until: Optional[str] = typer.Option(None, "--until", help=UNTIL_HELP),
     db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
+    min_sales: int = typer.Option(10, "--min-sales", help="Rank only cashiers with at least this many restricted sales."),
 ) -> None:
     """Outcomes per lane, cashier pseudonym and day; violation rates; cashiers ranked."""
     from agetool.edge_runtime.compliance_report import build_compliance_report
 
-    result = build_compliance_report(db, out, since, until)
+    result = build_compliance_report(db, out, since, until, min_sales)
     typer.echo(f"report: {result.out_dir / 'report.md'} ({sum(result.totals.values())} receipt(s), "
                f"{result.totals['violation']} violation(s); chain {'intact' if result.chain.ok else 'BROKEN'})",
                err=True)

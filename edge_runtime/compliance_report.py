@@ -4,7 +4,8 @@ analytics file, as compliance.json, report.md and two PNG charts.
 The report is for the store's compliance lead, not for the floor: it names cashiers only by their
 pseudonyms, and only the holder of compliance.cashier_key can say who is behind one. Cashiers are
 ranked by the lower end of a 95 % Wilson interval of their violation rate, shown with their number of
-restricted sales, so one unlucky sale does not put a cashier on top. Files are written to a
+restricted sales; only cashiers with at least `min_sales` restricted sales (default 10) are ranked, so
+a cashier with one unlucky sale is never on top. Sales without a cashier code are shown, not ranked. Files are written to a
 temporary name and renamed. pandas and matplotlib load inside the functions."""
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ from agetool.edge_runtime.compliance import (
     verify_chain,
 )
 from agetool.edge_runtime.migrations import connect_readonly, has_table
+from agetool.errors import AgetoolError
 
 if TYPE_CHECKING:
     import pandas as pd
 
 NO_CASHIER = "(not recorded)"
+DEFAULT_MIN_SALES = 10
 WILSON_Z = 1.96
 COLUMNS = ("seq", "lane", "receipt_id", "recorded_at_utc", "day", "outcome", "cashier", "check_called")
 OUTCOME_COLOURS = {"checked": "#2e7d32", "not_required": "#90caf9", "violation": "#c62828",
@@ -96,15 +99,19 @@ def group_summaries(rows: "pd.DataFrame", column: str) -> dict[str, dict[str, An
     return {str(key): summarize(group) for key, group in rows.groupby(column, sort=True)}
 
 
-def cashier_ranking(per_cashier: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Cashiers with restricted sales, worst first by the Wilson lower bound of their violation rate."""
-    ranked = [
+def cashier_ranking(per_cashier: dict[str, dict[str, Any]], min_sales: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(ranked, unranked): cashiers with at least min_sales restricted sales, worst first by the Wilson
+    lower bound of their violation rate; the others (and sales without a cashier code) by name."""
+    rows = [
         {"cashier": cashier, "restricted_sales": s["restricted_sales"], "violations": s["totals"][VIOLATION],
          "violation_rate": s["violation_rate"],
          "violation_rate_lower_95": round(wilson_lower(s["totals"][VIOLATION], s["restricted_sales"]), 4)}
         for cashier, s in per_cashier.items() if s["restricted_sales"]
     ]
-    return sorted(ranked, key=lambda r: (-r["violation_rate_lower_95"], -r["restricted_sales"], r["cashier"]))
+    ranked = [r for r in rows if r["cashier"] != NO_CASHIER and r["restricted_sales"] >= min_sales]
+    unranked = [r for r in rows if r not in ranked]
+    ranked.sort(key=lambda r: (-r["violation_rate_lower_95"], -r["restricted_sales"], r["cashier"]))
+    return ranked, unranked
 
 
 def _rate(value: float | None) -> str:
@@ -116,9 +123,15 @@ def _outcome_rows(groups: dict[str, dict[str, Any]]) -> list[list[str]]:
              str(s["check_not_called"])] for key, s in groups.items()]
 
 
-def render_markdown(summary: dict[str, Any], period: Period, chain: ChainReport, charts: list[str]) -> str:
+def _cashier_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    return [[r["cashier"], str(r["restricted_sales"]), str(r["violations"]), _rate(r["violation_rate"]),
+             _rate(r["violation_rate_lower_95"])] for r in rows]
+
+
+def render_markdown(summary: dict[str, Any], period: Period, chain: ChainReport, charts: list[str], min_sales: int) -> str:
     header = ["", *OUTCOMES, "restricted sales", "violation rate", "/check not called"]
     overall = summary["overall"]
+    cashier_header = ["cashier", "restricted sales", "violations", "violation rate", "rate, lower 95 %"]
     parts = [
         "# Cashier compliance", "",
         f"Period: {period.describe()}. Source: the daemon's `compliance` table.", "",
@@ -131,11 +144,11 @@ def render_markdown(summary: dict[str, Any], period: Period, chain: ChainReport,
         "## Per lane", "", markdown_table(header, _outcome_rows(summary["per_lane"])), "",
         "## Per day (UTC)", "", markdown_table(header, _outcome_rows(summary["per_day"])), "",
         "## Cashiers (pseudonyms), worst first", "",
-        "Ranked by the lower end of the 95 % Wilson interval of the violation rate, so a cashier with one "
-        "restricted sale does not rank above one with many.", "",
-        markdown_table(["cashier", "restricted sales", "violations", "violation rate", "rate, lower 95 %"],
-                       [[r["cashier"], str(r["restricted_sales"]), str(r["violations"]), _rate(r["violation_rate"]),
-                         _rate(r["violation_rate_lower_95"])] for r in summary["cashier_ranking"]]), "",
+        f"Cashiers with at least {min_sales} restricted sales, ranked by the lower end of the 95 % Wilson "
+        "interval of their violation rate (a few sales say little about a cashier).", "",
+        markdown_table(cashier_header, _cashier_rows(summary["cashier_ranking"])), "",
+        f"Not ranked (fewer than {min_sales} restricted sales, or no cashier code sent by the POS):", "",
+        markdown_table(cashier_header, _cashier_rows(summary["cashier_unranked"])), "",
     ]
     parts += [f"![{name}]({name})" for name in charts]
     return "\n".join(parts) + "\n"
@@ -179,8 +192,12 @@ def chart_cashiers(path: Path, ranking: list[dict[str, Any]], top_n: int = 20) -
     return _save_png(path, draw, size=(9.0, max(3.0, 0.35 * len(shown) + 1.5)))
 
 
-def build_compliance_report(db_path: Path | None, out: Path, since: str, until: str | None = None) -> ComplianceReportResult:
+def build_compliance_report(
+    db_path: Path | None, out: Path, since: str, until: str | None = None, min_sales: int = DEFAULT_MIN_SALES
+) -> ComplianceReportResult:
     """Write compliance.json, report.md and the charts for [since, until) into `out`."""
+    if min_sales < 1:
+        raise AgetoolError(f"--min-sales {min_sales}: expected 1 or more")
     period = make_period(since, until)
     db = connect_readonly(resolve_db(db_path))
     try:
@@ -191,12 +208,14 @@ def build_compliance_report(db_path: Path | None, out: Path, since: str, until: 
     rows["cashier"] = rows["cashier"].fillna(NO_CASHIER)
     restricted = rows[rows["outcome"] != NOT_RESTRICTED]
     per_cashier = group_summaries(restricted, "cashier")
+    ranked, unranked = cashier_ranking(per_cashier, min_sales)
     summary = {
         "overall": summarize(rows),
         "per_lane": group_summaries(rows, "lane"),
         "per_cashier": per_cashier,
         "per_day": group_summaries(rows, "day"),
-        "cashier_ranking": cashier_ranking(per_cashier),
+        "cashier_ranking": ranked,
+        "cashier_unranked": unranked,
     }
     out = Path(out)
     charts = []
@@ -213,10 +232,12 @@ def build_compliance_report(db_path: Path | None, out: Path, since: str, until: 
         "per_lane": summary["per_lane"],
         "per_cashier": per_cashier,
         "per_day": summary["per_day"],
-        "cashier_ranking": summary["cashier_ranking"],
+        "ranking_min_sales": min_sales,
+        "cashier_ranking": ranked,
+        "cashier_unranked": unranked,
         "chain": {"ok": chain.ok, "rows": chain.rows, "last_seq": chain.last_seq, "head_hash": chain.head_hash,
                   "problem": chain.problem, "broken_seq": chain.broken_seq},
     }
     atomic_write_text(out / "compliance.json", json.dumps(document, indent=2) + "\n")
-    atomic_write_text(out / "report.md", render_markdown(summary, period, chain, charts))
+    atomic_write_text(out / "report.md", render_markdown(summary, period, chain, charts, min_sales))
     return ComplianceReportResult(out, summary["overall"]["totals"], chain)

@@ -207,3 +207,29 @@ def test_the_compliance_rule_and_config():
                       "compliance": {"restricted_categories": {"Alcohol": 18, "alcohol": 18}}})
     with pytest.raises(ConfigError, match=r"compliance\.cashier_key: String should have at least 16"):
         parse_config({"lanes": [{"name": "t", "source": "/s"}], "compliance": {"cashier_key": "short"}})
+
+
+def test_one_unlucky_sale_does_not_rank_a_cashier_top(tmp_path):
+    db = tmp_path / "a.sqlite"
+    store = AnalyticsStore(db, 90, 3600, clock=lambda: NOW, compliance_retention_days=90)
+    plan = {"once": [True], "often": [True] * 8 + [False] * 32, "careful": [False] * 12}  # True: a violation
+    n = 0
+    for cashier, sales in plan.items():
+        for violation in sales:
+            n += 1
+            sell(store, f"R{n}", [BEER], CHILD, cashier_id=cashier,
+                 id_check="not_performed" if violation else "performed")
+    store.stop()
+    from agetool.edge_runtime.compliance_report import build_compliance_report
+
+    result = build_compliance_report(db, tmp_path / "out", "2025-03-01", "2025-03-31", min_sales=10)
+    assert result.totals["violation"] == 9 and result.totals["checked"] == 44 and result.chain.ok
+    report = json.loads((tmp_path / "out" / "compliance.json").read_text())
+    name = {pseudonymise(KEY.encode(), c): c for c in plan}
+    assert [name[r["cashier"]] for r in report["cashier_ranking"]] == ["often", "careful"]
+    assert [name[r["cashier"]] for r in report["cashier_unranked"]] == ["once"]  # 100 %, but of one sale
+    assert report["cashier_ranking"][0]["violation_rate"] == 0.2
+    assert 0.09 < report["cashier_ranking"][0]["violation_rate_lower_95"] < 0.2
+    assert (tmp_path / "out" / "cashiers_by_violation_rate.png").read_bytes().startswith(b"\x89PNG")
+    outside = build_compliance_report(db, tmp_path / "later", "2025-04-01")
+    assert sum(outside.totals.values()) == 0  # the period filters
