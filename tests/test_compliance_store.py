@@ -233,3 +233,21 @@ def test_one_unlucky_sale_does_not_rank_a_cashier_top(tmp_path):
     assert (tmp_path / "out" / "cashiers_by_violation_rate.png").read_bytes().startswith(b"\x89PNG")
     outside = build_compliance_report(db, tmp_path / "later", "2025-04-01")
     assert sum(outside.totals.values()) == 0  # the period filters
+
+
+def test_the_new_receipt_fields_are_optional_and_checked():
+    from agetool.edge_runtime.pos_schema import InvalidReceipt
+
+    old = parse_receipt(b'{"receipt_id": "R1", "total": 1.5}')
+    assert (old.cashier_id, old.id_check) == (None, None)
+    # A receipt without the new fields has the digest it had before they existed (retries still match).
+    import hashlib
+
+    before = {"lane": "till-1", "receipt_id": "R1", "total_cents": 150, "items": []}  # the digest's input until now
+    assert old.body_sha256("till-1") == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
+    with_fields = parse_receipt(b'{"receipt_id": "R1", "total": 1.5, "cashier_id": "7", "id_check": "performed"}')
+    assert with_fields.body_sha256("till-1") != old.body_sha256("till-1")
+    with pytest.raises(InvalidReceipt, match="^id_check: Input should be 'performed' or 'not_performed'"):
+        parse_receipt(b'{"receipt_id": "R1", "total": 1, "id_check": "yes"}')
+    with pytest.raises(InvalidReceipt, match="^cashier_id: String should have at least 1 character"):
+        parse_receipt(b'{"receipt_id": "R1", "total": 1, "cashier_id": ""}')
