@@ -21,15 +21,15 @@ from typing import Any, Iterator
 
 from agetool.contract import age_band
 from agetool.edge_runtime.analytics import BandAnalytics
+from agetool.edge_runtime.band_tag import tag_band
 from agetool.edge_runtime.compliance import VIOLATION, CheckLedger, ComplianceRules, evaluate
 from agetool.edge_runtime.config import DaemonConfig, LaneConfig
 from agetool.edge_runtime.decide import Decision, decide
 from agetool.edge_runtime.detect import FaceBox, FaceDetector, choose_face, crop_face_rgb, make_detector
 from agetool.edge_runtime.events import EventSink
-from agetool.edge_runtime.band_tag import tag_band
 from agetool.edge_runtime.pos_schema import ReceiptIn
-from agetool.edge_runtime.store import AnalyticsStore, ReceiptConflict, StoredReceipt, StoredSale
 from agetool.edge_runtime.sources import DropOldestQueue, Frame, LaneReader, Watchdog, mask_url
+from agetool.edge_runtime.store import AnalyticsStore, ReceiptConflict, StoredReceipt, StoredSale
 from agetool.edge_runtime.track import LaneTracker, model_uncertainty_years
 
 log = logging.getLogger(__name__)
