@@ -186,7 +186,7 @@ class Daemon:
         if cfg.compliance.enabled:
             self.compliance = ComplianceRules.from_config(cfg.compliance, self.policy)
             if self.compliance.cashier_key is None:
-                log.warning("compliance.cashier_key is not set: cashier codes sent by the POS are not recorded")
+                log.info("compliance.cashier_key is not set: cashier codes sent by the POS are not recorded")
         detector_path = cfg.detector.resolved_path()
         for index, lane_cfg in enumerate(cfg.lanes):
             queue = DropOldestQueue(cfg.capture.queue_size, self._wake)
