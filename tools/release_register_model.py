@@ -30,7 +30,8 @@ from agetool.trainer.evaluate import choose_buffer_across
 from agetool.trainer.train_cached import interval_scale
 
 MAX_MINOR_PASS_RATE = 0.01
-LEVELS = (0.5, 0.68, 0.8, 0.9)
+# Interval levels tried for the decision rule (chosen on validation data).
+LEVELS = tuple(round(x, 2) for x in np.arange(0.30, 0.91, 0.02))
 GROUPS = {"utkface": "UTKFace", "utkface_aligned": "UTKFace", "all_age_faces": "AAF"}
 RACES = {"0": "White", "1": "Black", "2": "Asian", "3": "Indian", "4": "Others"}
 GENDERS = {"0": "male", "1": "female"}
@@ -105,20 +106,29 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--report", type=Path, required=True)
     parser.add_argument("--max-delta-mae", type=float, default=0.1)
+    parser.add_argument("--predictions", type=Path, help="Cache of both variants' val+test predictions (CSV): reused when present.")
     args = parser.parse_args()
 
-    rows = apply_split(read_usable(args.data), args.split)
-    rows = rows[rows["split"].isin(["val", "test"])].reset_index(drop=True)
     size = ModelMetadata.from_props({p.key: p.value for p in onnx.load(str(args.fp32)).metadata_props}).input_size
-    images, ok, errors = load_faces(list(rows["path"]), size)
-    rows = rows[ok].reset_index(drop=True)
-    print(f"{len(rows)} val+test faces decoded ({len(errors)} unreadable)", flush=True)
-    preds = {}
-    for variant, path in (("fp32", args.fp32), ("int8", args.int8)):
-        age, std = predict(path, images)
-        preds[variant] = rows.assign(age_years=age, age_std_years=std)
-        print(f"{variant}: predicted", flush=True)
-    ms = {variant: round(batch1_ms(path, images[0]), 2) for variant, path in (("fp32", args.fp32), ("int8", args.int8))}
+    if args.predictions and args.predictions.is_file():
+        cached = pd.read_csv(args.predictions)
+        preds = {v: part.drop(columns="variant").reset_index(drop=True) for v, part in cached.groupby("variant")}
+        first = load_faces([preds["fp32"]["path"].iloc[0]], size)[0]
+    else:
+        rows = apply_split(read_usable(args.data), args.split)
+        rows = rows[rows["split"].isin(["val", "test"])].reset_index(drop=True)
+        images, ok, errors = load_faces(list(rows["path"]), size)
+        rows = rows[ok].reset_index(drop=True)
+        print(f"{len(rows)} val+test faces decoded ({len(errors)} unreadable)", flush=True)
+        preds = {}
+        for variant, path in (("fp32", args.fp32), ("int8", args.int8)):
+            age, std = predict(path, images)
+            preds[variant] = rows.assign(age_years=age, age_std_years=std)
+            print(f"{variant}: predicted", flush=True)
+        first = images[:1]
+        if args.predictions:
+            pd.concat([p.assign(variant=v) for v, p in preds.items()]).to_csv(args.predictions, index=False)
+    ms = {variant: round(batch1_ms(path, first[0]), 2) for variant, path in (("fp32", args.fp32), ("int8", args.int8))}
     val_mae = {v: float((p[p.split == "val"].age_years - p[p.split == "val"].real_age).abs().mean()) for v, p in preds.items()}
     delta = val_mae["int8"] - val_mae["fp32"]
     chosen = "int8" if delta <= args.max_delta_mae and ms["int8"] < ms["fp32"] else "fp32"
@@ -136,7 +146,10 @@ def main() -> None:
         choice = choose_buffer_across(sets, MAX_MINOR_PASS_RATE)
         worst = max(c.adults_checked_rate or 0.0 for c in choice.per_set.values())
         candidates[level] = {"interval_scale": round(k, 4), "choice": choice, "worst_adults_checked": worst}
-        print(f"level {level}: k {k:.3f}, buffer {choice.buffer_years}, worst adults asked {worst:.3f}", flush=True)
+    for level in LEVELS:
+        c = candidates[level]
+        print(f"level {level}: k {c['interval_scale']:.3f}, buffer {c['choice'].buffer_years}, "
+              f"worst adults asked {c['worst_adults_checked']:.3f}", flush=True)
     level = min(LEVELS, key=lambda lv: (round(candidates[lv]["worst_adults_checked"], 4), -lv))
     k = candidates[level]["interval_scale"]
     choice = candidates[level]["choice"]
