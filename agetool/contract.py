@@ -85,7 +85,7 @@ ALIGN_TEMPLATE_UNIT = np.array(
     ],
     dtype=np.float64,
 ) / 112.0
-DEFAULT_ALIGN_COVERAGE = 1.5
+DEFAULT_ALIGN_COVERAGE = 1.3  # chosen by tools/choose_coverage.py (README)
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,8 @@ def create_app(daemon: "Daemon", bearer_token: str | None = None) -> "FastAPI":
         description="Idempotent on receipt_id: 201 when stored, 200 with the stored record for a retry "
         "with the same body, 409 when the id was stored with a different lane, total or items, 422 for "
         "a bad body, 413 for one over api.max_body_bytes. Band 'unknown' when no face is in view or the "
-        "estimate is too uncertain (see docs/privacy.md).",
+        "estimate is too uncertain (see docs/privacy.md). 'compliance' holds the receipt's outcome "
+        "(checked, not_required, violation, no_face, not_restricted; null with compliance off).",
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/json": {"schema": ReceiptIn.model_json_schema()}}}},
         responses={200: {"description": "A retry: the record stored the first time."},
@@ -138,8 +139,10 @@ def create_app(daemon: "Daemon", bearer_token: str | None = None) -> "FastAPI":
         if lane not in daemon.lanes:
             raise UnknownLane(lane)
         receipt = parse_receipt(await request.body())
-        stored, created = await run_in_threadpool(daemon.record_receipt, lane, receipt)
-        return JSONResponse(status_code=201 if created else 200, content={**stored.to_api(), "created": created})
+        sale = await run_in_threadpool(daemon.record_sale, lane, receipt)
+        compliance = sale.compliance.to_api() if sale.compliance is not None else None
+        return JSONResponse(status_code=201 if sale.created else 200,
+                            content={**sale.receipt.to_api(), "created": sale.created, "compliance": compliance})
 
     return app
 

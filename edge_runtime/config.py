@@ -211,6 +211,54 @@ class AnalyticsConfig(Section):
     )
 
 
+class ComplianceConfig(Section):
+    """Cashier compliance: on receipts with a restricted item, was ID asked for when the rule said
+    so? Outcomes go to the `compliance` table (hash-chained, cashiers as keyed pseudonyms only)."""
+
+    enabled: bool = Field(True, description="Give receipts a compliance outcome and store it.")
+    restricted_categories: dict[str, int] = Field(
+        default_factory=lambda: {"alcohol": 18, "tobacco": 18},
+        description="Item categories that need a minimum age, with that legal age in years (category "
+        "names are compared case-insensitively).",
+    )
+    policy_age_years: float | None = Field(
+        None, ge=18, le=40, description="Ask for ID below this apparent age; unset = policy.policy_age_years."
+    )
+    buffer_years: float | None = Field(
+        None, ge=0, le=20, description="Years added to the policy age; unset = the daemon's buffer."
+    )
+    check_valid_s: float | None = Field(
+        None, gt=0, le=86400,
+        description="How long a /check answer stays attached to the lane's next sale; unset = until a "
+        "new shopper shows up at the lane (the shopper's track).",
+    )
+    cashier_key: str | None = Field(
+        None, min_length=16,
+        description="Key of the HMAC that turns POS cashier codes into pseudonyms (use "
+        "${AGETOOL_CASHIER_KEY}); unset = cashier codes are not recorded.",
+    )
+    retention_days: int = Field(
+        90, ge=1, le=3650,
+        description="Whole days of compliance rows kept besides today; older days are deleted (and the "
+        "purge recorded) at start and every analytics.purge_interval_s.",
+    )
+
+    @field_validator("restricted_categories")
+    @classmethod
+    def _lower_case_categories(cls, categories: dict[str, int]) -> dict[str, int]:
+        lowered: dict[str, int] = {}
+        for name, legal_age in categories.items():
+            key = name.strip().lower()
+            if not key:
+                raise ValueError("a category name is empty")
+            if key in lowered:
+                raise ValueError(f"category {name!r} is listed twice (names are compared case-insensitively)")
+            if not 0 < legal_age <= 100:
+                raise ValueError(f"category {name!r}: expected a legal age in years (1-100), got {legal_age}")
+            lowered[key] = legal_age
+        return lowered
+
+
 class DaemonConfig(Section):
     """Everything `agetool serve` needs."""
 
@@ -223,6 +271,7 @@ class DaemonConfig(Section):
     api: ApiConfig = Field(default_factory=ApiConfig, description="The HTTP API.")
     events: EventsConfig = Field(default_factory=EventsConfig, description="Event output.")
     analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig, description="Age-group counts.")
+    compliance: ComplianceConfig = Field(default_factory=ComplianceConfig, description="Cashier ID-check compliance.")
     debug_save_crops: bool = Field(
         False, description="DEBUG ONLY: write face crops to debug_crops_dir. Off by default; logs a warning."
     )

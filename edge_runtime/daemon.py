@@ -25,12 +25,15 @@ from typing import Any, Iterator
 
 from agetool.contract import age_band
 from agetool.edge_runtime.analytics import BandAnalytics
+from agetool.edge_runtime.band_tag import tag_band
+from agetool.edge_runtime.compliance import VIOLATION, CheckLedger, ComplianceRules, evaluate
 from agetool.edge_runtime.config import DaemonConfig, LaneConfig
 from agetool.edge_runtime.decide import Decision, decide
 from agetool.edge_runtime.detect import FaceBox, FaceDetector, FrameChangeGate, choose_face, make_detector
 from agetool.edge_runtime.events import EventSink
-from agetool.edge_runtime.receipts import AnalyticsStore, ReceiptConflict, ReceiptIn, StoredReceipt, tag_band
+from agetool.edge_runtime.pos_schema import ReceiptIn
 from agetool.edge_runtime.sources import DropOldestQueue, Frame, LaneReader, Watchdog, mask_url
+from agetool.edge_runtime.store import AnalyticsStore, ReceiptConflict, StoredReceipt, StoredSale
 from agetool.edge_runtime.track import LaneTracker, model_interval_scale, model_uncertainty_years
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,10 @@ class DaemonMetrics:
             "agetool_receipts", "Receipts posted by the POS, by the band they were recorded under.",
             ["lane", "band", "outcome"], registry=self.registry,
         )
+        self.compliance_outcomes = Counter(
+            "agetool_compliance_outcomes", "Compliance outcomes of newly stored receipts (checked, not_required, "
+            "violation, no_face, not_restricted).", ["lane", "outcome"], registry=self.registry,
+        )
         self.registry.register(_LaneCollector(daemon))
 
     def exposition(self) -> tuple[bytes, str]:
@@ -149,6 +156,8 @@ class Daemon:
         self.events: EventSink | None = None
         self.analytics: BandAnalytics | None = None
         self.store: AnalyticsStore | None = None
+        self.compliance: ComplianceRules | None = None
+        self.checks = CheckLedger(config.compliance.check_valid_s)
         self.api_server = None
         self._watchdog: Watchdog | None = None
         self._wake = threading.Event()
@@ -207,9 +216,16 @@ class Daemon:
             cfg.events.jsonl, cfg.events.webhook_url, cfg.events.webhook_timeout_s,
             cfg.events.webhook_max_retries, cfg.events.webhook_backoff_s,
         )
-        self.store = AnalyticsStore(cfg.analytics.sqlite_path, cfg.analytics.retention_days, cfg.analytics.purge_interval_s)
+        self.store = AnalyticsStore(
+            cfg.analytics.sqlite_path, cfg.analytics.retention_days, cfg.analytics.purge_interval_s,
+            compliance_retention_days=cfg.compliance.retention_days,
+        )
         self.analytics = BandAnalytics(cfg.analytics.sqlite_path, cfg.analytics.flush_interval_s, writer=self.store)
         self.prepare()
+        if cfg.compliance.enabled:
+            self.compliance = ComplianceRules.from_config(cfg.compliance, self.policy)
+            if self.compliance.cashier_key is None:
+                log.info("compliance.cashier_key is not set: cashier codes sent by the POS are not recorded")
         self.events.start()
         self.store.start()
         self.analytics.start()
@@ -380,17 +396,23 @@ class Daemon:
 
     def current(self, lane_name: str) -> Decision:
         """The decision for the shopper in view now (no event, no count)."""
+        return self._observe(lane_name, time.monotonic(), time.time())[0]
+
+    def _observe(self, lane_name: str, now_s: float, wall_s: float) -> tuple[Decision, float | None]:
+        """The decision for the shopper in view, and when (monotonic) that shopper was first seen."""
         lane = self._lane(lane_name)
-        now_s, wall_s = time.monotonic(), time.time()
         with lane.lock:
             track = lane.tracker.current(now_s)
             estimate = track.estimate(self.model_mae_years) if track is not None else None
             track_id = track.track_id if track is not None else None
-        return decide(lane.config.name, estimate, track_id, self.policy, wall_s)
+            first_seen_s = track.first_seen_s if track is not None else None
+        return decide(lane.config.name, estimate, track_id, self.policy, wall_s), first_seen_s
 
     def check(self, lane_name: str) -> Decision:
         """What the POS asks when alcohol is scanned: the current decision, counted and emitted."""
-        decision = self.current(lane_name)
+        asked_s = time.monotonic()
+        decision = self._observe(lane_name, asked_s, time.time())[0]
+        self.checks.remember(decision, asked_s)
         outcome = "id_check_required" if decision.id_check_required else "no_id_check"
         self.metrics.decisions.labels(decision.lane, outcome, decision.reason).inc()
         if self.events is not None:
@@ -398,21 +420,46 @@ class Daemon:
         return decision
 
     def record_receipt(self, lane_name: str, receipt: ReceiptIn) -> tuple[StoredReceipt, bool]:
-        """Store a POS receipt under the band of the shopper in view now (once per receipt_id);
-        (stored, True) when new, (stored, False) for a retry. Raises receipts.ReceiptConflict."""
-        decision = self.current(lane_name)
+        """record_sale without the compliance outcome in the answer: (stored, created)."""
+        sale = self.record_sale(lane_name, receipt)
+        return sale.receipt, sale.created
+
+    def record_sale(self, lane_name: str, receipt: ReceiptIn) -> StoredSale:
+        """Store a POS receipt under the band of the shopper in view now, with its compliance
+        outcome (once per receipt_id: a retry gets what was stored first). Raises ReceiptConflict."""
+        now_s, wall_s = time.monotonic(), time.time()
+        decision, first_seen_s = self._observe(lane_name, now_s, wall_s)
         tag = tag_band(decision.age_years, decision.lower_years, decision.upper_years,
                        self.config.analytics.receipt_min_band_confidence)
+        answer = self.checks.attached(decision.lane, decision.track_id, first_seen_s, now_s)
+        draft = (evaluate(decision.lane, receipt, decision, answer, self.compliance, wall_s)
+                 if self.compliance is not None else None)
         try:
-            stored, created = self.store.record_receipt(decision.lane, receipt, tag)
+            sale = self.store.record_sale(decision.lane, receipt, tag, draft, wall_s)
         except ReceiptConflict as conflict:
             self.metrics.receipts.labels(conflict.stored.lane, conflict.stored.band, "conflict").inc()
             raise
+        stored, created = sale.receipt, sale.created
         self.metrics.receipts.labels(stored.lane, stored.band, "created" if created else "duplicate").inc()
+        if created:
+            self.checks.used(decision.lane, answer)
         if self.events is not None:
             self.events.emit("receipt", lane=stored.lane, receipt_id=stored.receipt_id, band=stored.band,
                              band_basis=stored.band_basis, created=created)
-        return stored, created
+        if created and sale.compliance is not None:
+            self._report_compliance(sale)
+        return sale
+
+    def _report_compliance(self, sale: StoredSale) -> None:
+        record = sale.compliance
+        self.metrics.compliance_outcomes.labels(record.lane, record.outcome).inc()
+        if record.outcome == VIOLATION and self.events is not None:
+            self.events.emit(
+                "compliance_violation", lane=record.lane, receipt_id=record.receipt_id, cashier=record.cashier,
+                recorded_at_utc=record.recorded_at_utc, band=record.band, outcome=record.outcome,
+                id_check=record.id_check, check_called=bool(record.check_called),
+                restricted_categories=record.to_api()["restricted_categories"],
+            )
 
     def lane_status(self, lane_name: str) -> dict[str, Any]:
         lane = self._lane(lane_name)

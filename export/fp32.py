@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from agetool.contract import INPUT_NAME, OUTPUT_NAME
+
+# The distribution head's second output: each face's own spread, in years.
+STD_OUTPUT_NAME = "age_std_years"
 from agetool.errors import AgetoolError
 
 log = logging.getLogger(__name__)
@@ -50,9 +53,12 @@ def load_keras_model(path: Path) -> Any:
 
 
 def keras_input_size(model: Any, source: Path) -> int:
-    """The square input size S of a model taking (None, S, S, 3) and returning (None, 1)."""
+    """The square input size S of a model taking (None, S, S, 3) and returning (None, 1), or
+    {age_years: (None, 1), age_std_years: (None, 1)} for a distribution head."""
     in_shape = model.input_shape
     out_shape = model.output_shape
+    if sorted(getattr(model, "output_names", [])) == sorted([OUTPUT_NAME, STD_OUTPUT_NAME]):
+        out_shape = out_shape[list(model.output_names).index(OUTPUT_NAME)]
     if not isinstance(in_shape, tuple) or len(in_shape) != 4 or in_shape[3] != 3 or in_shape[1] != in_shape[2] or not in_shape[1]:
         raise AgetoolError(f"model {source}: input shape {in_shape}; expected one (None, S, S, 3) image input")
     if not isinstance(out_shape, tuple) or tuple(out_shape[1:]) != (1,):
@@ -73,8 +79,22 @@ def convert_keras(model: Any, input_size: int, opset: int) -> Any:
 
 
 def name_io(proto: Any) -> Any:
-    """Rename the graph output to `age_years` and name the batch axis `N` on input and output."""
+    """Rename the graph output to `age_years` and name the batch axis `N` on input and output.
+
+    A distribution model keeps its two named outputs, `age_years` first so that readers taking
+    the first output still get the age."""
     graph = proto.graph
+    names = [o.name for o in graph.output]
+    if len(graph.input) == 1 and sorted(names) == sorted([OUTPUT_NAME, STD_OUTPUT_NAME]):
+        outputs = sorted(graph.output, key=lambda o: o.name != OUTPUT_NAME)
+        copies = [type(o)() for o in outputs]
+        for copy, original in zip(copies, outputs):
+            copy.CopyFrom(original)
+        del graph.output[:]
+        graph.output.extend(copies)
+        for info in (graph.input[0], *graph.output):
+            info.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
+        return proto
     if len(graph.input) != 1 or len(graph.output) != 1:
         raise AgetoolError(
             f"converted graph has {len(graph.input)} inputs and {len(graph.output)} outputs; expected 1 and 1"

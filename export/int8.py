@@ -66,8 +66,32 @@ def largest_divisor(n: int, most: int) -> int:
     return max(k for k in range(1, max(1, min(most, n)) + 1) if n % k == 0)
 
 
+POOL_OP_TYPES = {"GlobalAveragePool", "ReduceMean"}
+
+
+def distribution_head_node_names(proto: Any) -> list[str]:
+    """Every node between the pooled features and the outputs (both Dense layers, the softmax,
+    the moments): a small share of the compute, and int8 softmax bins would blur the spread."""
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    names: list[str] = []
+    pending = [o.name for o in proto.graph.output]
+    seen: set[str] = set()
+    while pending:
+        tensor = pending.pop()
+        node = producers.get(tensor)
+        if node is None or node.name in seen or node.op_type in POOL_OP_TYPES:
+            continue
+        seen.add(node.name)
+        names.append(node.name)
+        pending.extend(t for t in node.input if t in producers)
+    return names
+
+
 def head_node_names(proto: Any) -> list[str]:
-    """Nodes from the last MatMul/Gemm (the age head's Dense) to the `age_years` output."""
+    """Nodes from the last MatMul/Gemm (the age head's Dense) to the `age_years` output; for a
+    distribution model (two outputs) the whole head after pooling."""
+    if len(proto.graph.output) > 1:
+        return distribution_head_node_names(proto)
     producers = {out: node for node in proto.graph.node for out in node.output}
     names: list[str] = []
     tensor = OUTPUT_NAME

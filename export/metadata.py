@@ -32,6 +32,15 @@ class ModelCard(BaseModel):
     id_check_buffer_years: float | None = None
     mae_uncertainty_years: float | None = None
     face_margin: float | None = None
+    crop: str | None = None
+    align_coverage: float | None = None
+    std_output_name: str | None = None
+    interval_scale: float | None = None
+    interval_level: float | None = None
+
+
+# Card keys copied into the metadata as they are, when the card has them.
+CARD_PASSTHROUGH = ("face_margin", "crop", "align_coverage", "std_output_name", "interval_scale", "interval_level")
 
 
 def read_model_card(model_path: Path) -> tuple[ModelCard, Path | None]:
@@ -87,7 +96,7 @@ def build_metadata(
         calibration_method=calibration_method,
         id_check_buffer_years=card.id_check_buffer_years,
         mae_uncertainty_years=card.mae_uncertainty_years,
-        **({"face_margin": card.face_margin} if card.face_margin is not None else {}),
+        **{key: getattr(card, key) for key in CARD_PASSTHROUGH if getattr(card, key) is not None},
     )
 
 

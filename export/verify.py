@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from agetool.contract import AGE_MAX_YEARS, AGE_MIN_YEARS
+from agetool.contract import AGE_MAX_YEARS, AGE_MIN_YEARS, OUTPUT_NAME
 from agetool.errors import AgetoolError
 
 FIXED_BATCH_SIZE = 16
@@ -70,10 +70,15 @@ def keras_predict(model: Any, images: np.ndarray) -> np.ndarray:
     if len(images) == 0:
         return np.zeros((0,), dtype=np.float32)
     parts = [
-        np.asarray(model.predict_on_batch(images[i : i + PREDICT_BATCH])).reshape(-1)
+        np.asarray(_age_output(model.predict_on_batch(images[i : i + PREDICT_BATCH]))).reshape(-1)
         for i in range(0, len(images), PREDICT_BATCH)
     ]
     return np.concatenate(parts).astype(np.float32)
+
+
+def _age_output(outputs: Any) -> Any:
+    """The age from a Keras model's outputs: the array itself, or `age_years` of a dict."""
+    return outputs[OUTPUT_NAME] if isinstance(outputs, dict) else outputs
 
 
 def onnx_predict(model: Any, images: np.ndarray) -> np.ndarray:

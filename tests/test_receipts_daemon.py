@@ -249,7 +249,8 @@ def test_no_image_and_no_exact_age_is_stored(daemon_run):
     # Every file the daemon keeps its analytics in (the WAL too, if one is left).
     with sqlite3.connect(run.db) as conn:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        assert set(tables) == {"band_counts", "receipts", "receipt_items", "schema_version"}
+        assert set(tables) == {"band_counts", "receipts", "receipt_items", "schema_version", "compliance",
+                               "compliance_purges", "sqlite_sequence"}
         real_columns = []
         for table in tables:
             columns = conn.execute(f"PRAGMA table_info({table})").fetchall()

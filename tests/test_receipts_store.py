@@ -179,18 +179,19 @@ def test_an_old_band_count_file_is_upgraded_in_place(tmp_path):
 
     AnalyticsStore(db, 3650, 3600, clock=lambda: NOW).stop()
     with sqlite3.connect(db) as conn:
-        assert schema_version(conn) == LATEST_SCHEMA_VERSION == 2
+        assert schema_version(conn) == LATEST_SCHEMA_VERSION == 3
         versions = conn.execute("SELECT version, description FROM schema_version ORDER BY version").fetchall()
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert [v for v, _ in versions] == [1, 2]
-    assert {"band_counts", "receipts", "receipt_items", "schema_version"} == tables
+    assert [v for v, _ in versions] == [1, 2, 3]
+    assert {"band_counts", "receipts", "receipt_items", "schema_version", "compliance", "compliance_purges",
+            "sqlite_sequence"} == tables
     assert read_counts(db) == [(hour_bucket(NOW), "till-1", "35-49", 1)]  # the old counts are kept
 
     store = AnalyticsStore(db, 3650, 3600, clock=lambda: NOW)  # opening again changes nothing
     store.record_receipt("till-1", receipt("R1"), ESTIMATED_30, NOW)
     store.stop()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 2
+        assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 3
     assert read_counts(db) == [(hour_bucket(NOW), "till-1", "35-49", 1)] and len(read_receipts(db)) == 1
 
 

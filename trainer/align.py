@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -44,6 +46,7 @@ class AlignConfig(BaseModel):
     pad: float = Field(0.5, ge=0.0, le=2.0)
     score_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     resume: bool = True
+    workers: int = Field(2, ge=1, le=64, description="Threads (OpenCV releases the GIL); one detector each.")
 
 
 @dataclass
@@ -152,36 +155,49 @@ def align_folder(
     wanted_info = {"crop": CROP_ALIGNED_V1, "size": config.size, "coverage": config.coverage, "pad": config.pad,
                    "score_threshold": config.score_threshold, "detector": Path(config.detector).name}
     reuse = config.resume and info_path.is_file() and _same_settings(info_path, wanted_info)
-    detector = cv2.FaceDetectorYN.create(str(config.detector), "", (320, 320), config.score_threshold, 0.3, 50)
-    labels: list[tuple[str, int]] = []
-    started = time.perf_counter()
-    for row in rows.itertuples(index=False):
+    # Settings first, so a killed run is resumed only with the same template and detector.
+    _write_info(info_path, {**wanted_info, "source": str(src), "complete": False})
+    local = threading.local()
+
+    def one(row) -> tuple[str, str, int, str]:
         out_name = Path(row.file_name).with_suffix(".jpg").name
         target = files_dir / out_name
         if reuse and target.is_file():
-            labels.append((out_name, int(row.real_age)))
-            report.n_reused += 1
-        else:
-            status = _align_one(Path(row.path), target, detector, template, config.pad)
-            if status in ("ok", "several_kept"):
-                labels.append((out_name, int(row.real_age)))
-                report.n_written += 1
+            return row.file_name, out_name, int(row.real_age), "reused"
+        if not hasattr(local, "detector"):
+            local.detector = cv2.FaceDetectorYN.create(
+                str(config.detector), "", (320, 320), config.score_threshold, 0.3, 50)
+        status = _align_one(Path(row.path), target, local.detector, template, config.pad)
+        return row.file_name, out_name, int(row.real_age), status
+
+    labels: list[tuple[str, int]] = []
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=config.workers) as pool:
+        for file_name, out_name, age, status in pool.map(one, rows.itertuples(index=False)):
+            if status in ("ok", "several_kept", "reused"):
+                labels.append((out_name, age))
+                report.n_written += status != "reused"
+                report.n_reused += status == "reused"
                 report.n_several_kept += status == "several_kept"
             else:
-                report.problems.append((row.file_name, status, _REASONS[status]))
+                report.problems.append((file_name, status, _REASONS[status]))
                 report.n_no_face += status == "no_face"
                 report.n_ambiguous += status == "ambiguous"
                 report.n_unreadable += status == "unreadable"
-        if progress is not None:
-            progress(1)
+            if progress is not None:
+                progress(1)
     report.seconds = time.perf_counter() - started
     _write_atomic_csv(pd.DataFrame(labels, columns=["file_name", "real_age"]), out_dir / "labels.csv")
     _write_atomic_csv(pd.DataFrame(report.problems, columns=["file_name", "status", "reason"]), out_dir / REPORT_FILE)
     _carry_source_names(src, out_dir, {name for name, _ in labels})
-    tmp = info_path.with_name(f".{info_path.name}.tmp")
-    tmp.write_text(json.dumps({**wanted_info, "source": str(src), **report.summary()}, indent=2) + "\n")
-    os.replace(tmp, info_path)
+    _write_info(info_path, {**wanted_info, "source": str(src), "complete": True, **report.summary()})
     return report
+
+
+def _write_info(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 _REASONS = {

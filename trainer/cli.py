@@ -78,6 +78,7 @@ def align(
         None, "--coverage", min=0.5, max=4.0, help="Template coverage (1.0 = eyebrows to chin); default the contract's."
     ),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Keep crops written by an earlier run with the same settings."),
+    workers: int = typer.Option(2, "--workers", min=1, max=64, help="Threads, one detector each."),
 ) -> None:
     """Detect each image's face and warp it onto the canonical template (crop aligned_v1)."""
     from rich.table import Table
@@ -89,11 +90,11 @@ def align(
     config = AlignConfig(
         src_dirs=data_dirs, out_dir=out, detector=detector or default_detector_path(), size=size,
         coverage=coverage if coverage is not None else DEFAULT_ALIGN_COVERAGE, resume=resume,
+        workers=workers,
     )
     reports = align_folders(config, show_progress=True)
     table = Table(title=f"aligned faces -> {out} (size {config.size}, coverage {config.coverage:g})")
-    for column in ("folder", "images", "written", "no face", "several, ambiguous", "several, kept largest",
-                   "unreadable", "seconds"):
+    for column in ("folder", "images", "written", "no face", "ambiguous", "kept largest", "unreadable", "s"):
         table.add_column(column, justify="left" if column == "folder" else "right")
     for report in reports:
         s = report.summary()
@@ -122,7 +123,9 @@ def framing(
 def train(
     data_dirs: List[Path] = typer.Argument(..., help=DATA_DIRS_HELP),
     out: Path = typer.Option(..., "--out", help="Folder for model.keras, model_card.json and split.csv."),
-    backbone: str = typer.Option("resnet50", "--backbone", help="resnet50 | xception | mobilenetv3 | mobilenetv3small"),
+    backbone: str = typer.Option(
+        "resnet50", "--backbone", help="resnet50 | xception | mobilenetv3 | mobilenetv3small | mobilenet (MobileNet-v1: the face-pretrained FaceRes backbone with --weights PATH)"
+    ),
     weights: str = typer.Option(
         "none", "--weights", help="imagenet (local Keras notop file) | none | PATH to a notop .h5"
     ),
@@ -140,6 +143,11 @@ def train(
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop after the epoch that crosses this many seconds of wall time."),
     checkpoint_every: int = typer.Option(1, "--checkpoint-every", help="Save the resumable checkpoint every N epochs."),
     early_stop_patience: int = typer.Option(10, "--early-stop-patience", help="Epochs without a better val MAE before stopping."),
+    head: str = typer.Option("regression", "--head", help="regression (one age) | distribution (softmax over one-year bins: age_years + age_std_years)"),
+    head_init: Optional[Path] = typer.Option(None, "--head-init", help="Start the distribution head from this .npz (e.g. faceres_age_head.npz)."),
+    cache_features: bool = typer.Option(False, "--cache-features", help="Freeze the backbone below --trainable-from, cache its features once (clean + augmented views), train the top: the CPU way."),
+    trainable_from: str = typer.Option("conv_dw_13", "--trainable-from", help="First backbone layer trained with --cache-features."),
+    views: int = typer.Option(2, "--views", help="Cached views per training face with --cache-features (1 clean + augmented)."),
 ) -> None:
     """Train an age model (ResNet50 by default) and save model.keras + model_card.json."""
     from agetool.trainer.train import train as run_training
@@ -163,6 +171,11 @@ def train(
         max_train_seconds=time_budget,
         checkpoint_every=checkpoint_every,
         early_stop_patience=early_stop_patience,
+        head=head,
+        head_init=str(head_init) if head_init else None,
+        cache_features=cache_features,
+        trainable_from=trainable_from,
+        views=views,
     )
     result = run_training(config)
     console = _console()

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -199,6 +199,47 @@ def choose_buffer(
         met_target=rates["minors_passed_rate"] <= max_minor_pass_rate,
         n_minors=rates["n_minors"],
         n_adults_25_plus=rates["n_adults_25_plus"],
+    )
+
+
+class MultiSetBufferChoice(BaseModel):
+    buffer_years: float
+    threshold_years: float
+    met_target: bool
+    per_set: dict[str, BufferChoice] = Field(description="Each validation set's rates at the common buffer.")
+    smallest_per_set: dict[str, float] = Field(description="The buffer each set alone would need.")
+
+
+def choose_buffer_across(
+    sets: Mapping[str, tuple[Sequence[float] | np.ndarray, Sequence[float] | np.ndarray]],
+    max_minor_pass_rate: float = 0.01,
+    policy_age_years: float = DEFAULT_POLICY_AGE_YEARS,
+    step_years: float = BUFFER_STEP_YEARS,
+    max_buffer_years: float = MAX_BUFFER_YEARS,
+) -> MultiSetBufferChoice:
+    """The smallest buffer at which at most `max_minor_pass_rate` of the minors of EVERY set
+    (name -> (real ages, the rule's lower bounds)) pass: the minors' pass rate only falls as the
+    buffer grows, so it is the largest of the buffers each set needs alone."""
+    if not sets:
+        raise AgetoolError("choose buffer: no validation set given")
+    alone = {name: choose_buffer(true, est, max_minor_pass_rate, policy_age_years, step_years, max_buffer_years)
+             for name, (true, est) in sets.items()}
+    buffer_years = max(choice.buffer_years for choice in alone.values())
+    per_set = {}
+    for name, (true, est) in sets.items():
+        rates = challenge25_rates(np.asarray(true, float), np.asarray(est, float), policy_age_years + buffer_years)
+        per_set[name] = BufferChoice(
+            buffer_years=buffer_years, threshold_years=policy_age_years + buffer_years,
+            minors_passed_rate=float(rates["minors_passed_rate"]),
+            adults_checked_rate=_none_if_nan(rates["adults_checked_rate"]),
+            max_minor_pass_rate=max_minor_pass_rate,
+            met_target=rates["minors_passed_rate"] <= max_minor_pass_rate,
+            n_minors=rates["n_minors"], n_adults_25_plus=rates["n_adults_25_plus"],
+        )
+    return MultiSetBufferChoice(
+        buffer_years=buffer_years, threshold_years=policy_age_years + buffer_years,
+        met_target=all(choice.met_target for choice in per_set.values()),
+        per_set=per_set, smallest_per_set={name: c.buffer_years for name, c in alone.items()},
     )
 
 

@@ -17,7 +17,14 @@ from agetool.contract import INPUT_NAME, OUTPUT_NAME
 from agetool.errors import AgetoolError
 from agetool.paths import ENV_IMAGENET_WEIGHTS
 
-BACKBONES = ("resnet50", "xception", "mobilenetv3", "mobilenetv3small")
+BACKBONES = ("resnet50", "xception", "mobilenetv3", "mobilenetv3small", "mobilenet")
+HEADS = ("regression", "distribution")
+# The distribution head: softmax over one-year bins, bin i meaning age i + 1 years (as the
+# face-pretrained FaceRes age head in ../shared/models/faceres_age_head.npz is laid out).
+NUM_AGE_BINS = 100
+FIRST_BIN_YEARS = 1.0
+STD_OUTPUT_NAME = "age_std_years"
+DISTRIBUTION_NAME = "age_distribution"
 MODEL_NAME = "age_model"
 # The mean age of the training data is a far better first guess than 0: with a ReLU output a
 # head that starts near 0 can die before it learns anything.
@@ -29,8 +36,9 @@ IMAGENET_NOTOP_FILES = {
     "xception": "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
     "mobilenetv3": "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
     "mobilenetv3small": "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+    "mobilenet": "mobilenet_1_0_224_tf_no_top.h5",
 }
-MIN_INPUT_SIZE = {"resnet50": 32, "xception": 71, "mobilenetv3": 32, "mobilenetv3small": 32}
+MIN_INPUT_SIZE = {"resnet50": 32, "xception": 71, "mobilenetv3": 32, "mobilenetv3small": 32, "mobilenet": 32}
 
 
 @keras.saving.register_keras_serializable(package="agetool")
@@ -125,6 +133,19 @@ def _backbone(name: str, input_size: int, weights: str | None) -> tuple[keras.Mo
             include_top=False, weights=weights, input_shape=shape, include_preprocessing=True
         )
         return net, "none"
+    if name == "mobilenet":
+        # MobileNet-v1 1.0. Keras' ImageNet file expects -1..1; a weights file given by path is
+        # taken to be the face-pretrained FaceRes backbone (../shared/models/), trained on BGR
+        # minus the ImageNet "caffe" means, with its BatchNorms folded (kept in inference mode).
+        net = apps.MobileNet(input_shape=shape, alpha=1.0, include_top=False, weights=None)
+        if weights is not None:
+            try:
+                net.load_weights(weights)
+            except (ValueError, OSError, KeyError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise AgetoolError(f"--weights {weights}: not MobileNet-v1 notop weights ({first[:160]})") from None
+        imagenet_file = weights is not None and Path(weights).name == IMAGENET_NOTOP_FILES["mobilenet"]
+        return net, "tf" if imagenet_file else "caffe"
     if name == "mobilenetv3small":
         net = apps.MobileNetV3Small(
             include_top=False, weights=weights, input_shape=shape, include_preprocessing=True
@@ -139,8 +160,15 @@ def build_model(
     weights: str = "none",
     head_bias_years: float = DEFAULT_HEAD_BIAS_YEARS,
     dropout: float = 0.2,
+    head: str = "regression",
+    head_init: str | None = None,
 ) -> keras.Model:
-    """Uncompiled age model: input `image` (N, S, S, 3) RGB 0..255 -> `age_years` (N, 1)."""
+    """Uncompiled age model: input `image` (N, S, S, 3) RGB 0..255 -> `age_years` (N, 1); the
+    distribution head adds `age_std_years` (N, 1), the spread of its age distribution."""
+    if head not in HEADS:
+        raise AgetoolError(f"--head {head}: expected one of {', '.join(HEADS)}")
+    if head == "distribution":
+        return build_distribution_model(backbone, input_size, weights, dropout, head_init)
     if backbone not in BACKBONES:
         raise AgetoolError(f"--backbone {backbone}: expected one of {', '.join(BACKBONES)}")
     if input_size < MIN_INPUT_SIZE[backbone]:
@@ -165,6 +193,73 @@ def build_model(
         name=OUTPUT_NAME,
         dtype="float32",
     )(x)
+    return keras.Model(inputs, outputs, name=MODEL_NAME)
+
+
+@keras.saving.register_keras_serializable(package="agetool")
+class AgeMoments(layers.Layer):
+    """Age distribution over one-year bins -> (expected age, standard deviation), in years."""
+
+    def __init__(self, first_bin_years: float = FIRST_BIN_YEARS, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.first_bin_years = float(first_bin_years)
+
+    def call(self, probs):
+        ages = self.first_bin_years + ops.cast(ops.arange(ops.shape(probs)[-1]), probs.dtype)
+        mean = ops.sum(probs * ages, axis=-1, keepdims=True)
+        var = ops.sum(probs * ops.square(ages - mean), axis=-1, keepdims=True)
+        return mean, ops.sqrt(ops.maximum(var, 1e-6))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1), (input_shape[0], 1)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "first_bin_years": self.first_bin_years}
+
+
+def distribution_head(features, dropout: float = 0.2, head_init: str | None = None, name_prefix: str = ""):
+    """Pooled features -> Dense 256 ReLU -> softmax over NUM_AGE_BINS -> (probs, age, std).
+
+    `head_init`: an .npz with feats_kernel/feats_bias/age_kernel/age_bias (the FaceRes age head)
+    to start from what IMDB-Wiki taught it instead of random weights."""
+    hidden = layers.Dense(256, activation="relu", name=name_prefix + "age_features", dtype="float32")
+    logits = layers.Dense(NUM_AGE_BINS, name=name_prefix + "age_logits", dtype="float32")
+    x = hidden(features)
+    if dropout:
+        x = layers.Dropout(dropout, name=name_prefix + "head_dropout")(x)
+    probs = layers.Softmax(name=DISTRIBUTION_NAME, dtype="float32")(logits(x))
+    age, std = AgeMoments(name="age_moments", dtype="float32")(probs)
+    if head_init:
+        load_head_init(hidden, logits, head_init)
+    return probs, age, std
+
+
+def load_head_init(hidden, logits, path: str) -> None:
+    import numpy as np
+
+    try:
+        arrays = np.load(path)
+        hidden.set_weights([arrays["feats_kernel"], arrays["feats_bias"]])
+        logits.set_weights([arrays["age_kernel"], arrays["age_bias"]])
+    except (OSError, KeyError, ValueError) as exc:
+        raise AgetoolError(
+            f"--head-init {path}: expected an .npz with feats_kernel (F x 256), feats_bias, "
+            f"age_kernel (256 x {NUM_AGE_BINS}), age_bias ({str(exc)[:120]})"
+        ) from None
+
+
+def build_distribution_model(
+    backbone: str, input_size: int, weights: str, dropout: float = 0.2, head_init: str | None = None
+) -> keras.Model:
+    """Backbone + GAP + distribution head; outputs {age_years, age_std_years}."""
+    weights_file = resolve_weights(backbone, weights)
+    net, mode = _backbone(backbone, input_size, weights_file)
+    inputs = keras.Input((input_size, input_size, 3), name=INPUT_NAME)
+    x = BackbonePreprocess(mode, name="backbone_preprocess", dtype="float32")(inputs)
+    x = net(x, training=False) if weights_file else net(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    _, age, std = distribution_head(x, dropout, head_init)
+    outputs = {OUTPUT_NAME: layers.Identity(name=OUTPUT_NAME)(age), STD_OUTPUT_NAME: layers.Identity(name=STD_OUTPUT_NAME)(std)}
     return keras.Model(inputs, outputs, name=MODEL_NAME)
 
 

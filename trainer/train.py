@@ -59,6 +59,12 @@ class TrainConfig(BaseModel):
     max_train_seconds: float | None = Field(None, gt=0, description="Stop after the epoch that crosses this wall time.")
     workers: int = Field(4, ge=1, le=64)
     verbose: int = Field(2, ge=0, le=2)
+    head: Literal["regression", "distribution"] = Field(
+        "regression", description="One age output, or a distribution over one-year bins (+ age_std_years).")
+    head_init: str | None = Field(None, description=".npz head to start from (the FaceRes age head).")
+    cache_features: bool = Field(False, description="Freeze below trainable_from, cache its features, fit the top.")
+    trainable_from: str = Field("conv_dw_13", description="First backbone layer trained with --cache-features.")
+    views: int = Field(2, ge=1, le=16, description="Cached views per training face (1 clean + augmented).")
 
 
 class TrainResult(BaseModel):
@@ -365,6 +371,12 @@ def _use_mixed_precision(config: TrainConfig, gpus: list[str]) -> bool:
 
 def train(config: TrainConfig) -> TrainResult:
     """Train (or resume) an age model and write model.keras, model_card.json and split.csv."""
+    if config.cache_features:
+        from agetool.trainer.train_cached import train_on_cached_features
+
+        return train_on_cached_features(config)
+    if config.head == "distribution":
+        raise AgetoolError("--head distribution trains on cached features here: add --cache-features")
     started = time.monotonic()
     import keras
 
@@ -406,7 +418,8 @@ def train(config: TrainConfig) -> TrainResult:
             log.info("resuming %s at epoch %d (best val MAE %.3f)", run_dir, state["epoch"], state["best_val_mae"])
         else:
             inner = build_model(config.backbone, config.input_size, config.weights,
-                                head_bias_years=float(np.median(y_train)))
+                                head_bias_years=float(np.median(y_train)), head=config.head,
+                                head_init=config.head_init)
             train_model = _training_model(inner, config)
             state = {}
         epoch = int(state.get("epoch", 0))

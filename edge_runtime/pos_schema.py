@@ -1,0 +1,93 @@
+"""The receipt the POS sends to POST /v1/lanes/{lane}/receipts, and its validation.
+
+Backward compatible: `cashier_id` and `id_check` are optional, and a receipt without them has the
+same digest as before they existed, so a retry of an old receipt is still recognised as one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agetool.errors import AgetoolError
+
+ID_CHECK_PERFORMED = "performed"
+ID_CHECK_NOT_PERFORMED = "not_performed"
+
+
+class ReceiptItem(BaseModel):
+    """One line of the receipt."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    sku: str = Field(min_length=1, max_length=64, description="The POS's article number.")
+    category: str = Field(min_length=1, max_length=64, description="Product category (reports group by it).")
+    quantity: float = Field(gt=0, le=100000, allow_inf_nan=False, description="Units (or kg) bought.")
+
+
+class ReceiptIn(BaseModel):
+    """POST /v1/lanes/{lane}/receipts body."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    receipt_id: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/#-]{0,127}$",
+        description="The POS's unique receipt id (1-128 of A-Z a-z 0-9 _ . : / # -); posting it again is a no-op.",
+    )
+    total: Decimal = Field(ge=0, le=10_000_000, max_digits=12, decimal_places=2,
+                           description="Receipt total in the till's currency (at most 2 decimals).")
+    items: list[ReceiptItem] | None = Field(None, max_length=2000, description="Item lines (optional).")
+    cashier_id: str | None = Field(
+        None, min_length=1, max_length=64,
+        description="The POS's code of the cashier who rang the sale (optional); stored only as a keyed "
+        "pseudonym (compliance.cashier_key), never in clear.",
+    )
+    id_check: Literal["performed", "not_performed"] | None = Field(
+        None, description="What the cashier recorded at the till for a restricted sale: 'performed' or "
+        "'not_performed' (optional; absent counts as not performed when the rule asked for ID).",
+    )
+
+    @property
+    def total_cents(self) -> int:
+        return int(self.total * 100)
+
+    def body_sha256(self, lane: str) -> str:
+        """A digest of what this receipt says, to tell a retry (same) from a clash (different)."""
+        canonical: dict[str, object] = {
+            "lane": lane,
+            "receipt_id": self.receipt_id,
+            "total_cents": self.total_cents,
+            "items": [[i.sku, i.category, i.quantity] for i in self.items or []],
+        }
+        # Only when sent: receipts without them keep the digest they had before these fields existed.
+        if self.cashier_id is not None:
+            canonical["cashier_id"] = self.cashier_id
+        if self.id_check is not None:
+            canonical["id_check"] = self.id_check
+        return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+class InvalidReceipt(AgetoolError):
+    """The API turns this into 422."""
+
+
+def parse_receipt(body: bytes) -> ReceiptIn:
+    """Validate a request body; InvalidReceipt names the first bad field in one line."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidReceipt(f"body: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InvalidReceipt("body: expected a JSON object with receipt_id, total and optional items")
+    try:
+        return ReceiptIn.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        first = errors[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise InvalidReceipt(f"{where}: {message}{more}") from None
