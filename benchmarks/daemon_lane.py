@@ -179,7 +179,7 @@ def _prepared(model_path, detector_path, mode, fps, threads, state: Path):
     return daemon
 
 
-if __name__ == "__main__":  # a quick look: python -m agetool.benchmarks.daemon_lane MODEL [SECONDS]
+if __name__ == "__main__":  # python -m agetool.benchmarks.daemon_lane [MODEL] [SECONDS] [MODE]
     import json
     import sys
 
@@ -187,6 +187,6 @@ if __name__ == "__main__":  # a quick look: python -m agetool.benchmarks.daemon_
 
     model = Path(sys.argv[1]) if len(sys.argv) > 1 else default_model_path()
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 20.0
-    for mode in MODES:
+    for mode in sys.argv[3:] or MODES:
         print(json.dumps(measure_daemon_lane(model, None, mode, seconds).model_dump()), flush=True)
-    os._exit(0)
+    os._exit(0)  # skip interpreter teardown of the runtimes' thread pools

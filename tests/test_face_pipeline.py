@@ -238,7 +238,7 @@ def test_daemon_stops_inferring_on_a_static_scene_and_starts_again_for_a_new_fac
         "lanes": [{"name": "till", "source": str(tmp_path / "unused.png")}],
         "model": {"path": str(model), "providers": "cpu", "runtime": "onnxruntime"},
         "detector": {"path": str(yunet())},
-        "tracking": {"settled_estimates": 3, "refresh_s": 600, "track_timeout_s": 5},
+        "tracking": {"settled_estimates": 3, "refresh_s": 600, "track_timeout_s": 600},  # no timing in the test
         "analytics": {"sqlite_path": str(tmp_path / "a.sqlite")},
     })
     daemon = Daemon(config)
@@ -326,3 +326,18 @@ def test_keras_files_are_refused_by_the_frame_pipeline(tmp_path, tiny_onnx_model
 
     with pytest.raises(AgetoolError, match="states no crop"):
         FaceAgePipeline(FaceDetector(yunet()), NoMetadata())
+
+
+def test_serve_config_runtime_openvino_runs_the_daemons_model_on_openvino(tmp_path, tiny_onnx_model):
+    pytest.importorskip("openvino")
+    from agetool.edge_runtime.config import build_serve_config
+    from agetool.edge_runtime.daemon import Daemon
+
+    config = build_serve_config(None, str(tmp_path / "unused.png"), model=tiny_onnx_model, runtime="openvino",
+                                detector="haar")
+    assert config.model.runtime == "openvino" and config.detector.is_haar()
+    daemon = Daemon(config.model_copy(update={"analytics": config.analytics.model_copy(
+        update={"sqlite_path": tmp_path / "a.sqlite"})}))
+    daemon.prepare()
+    assert daemon.model.runtime == "openvino" and daemon.lanes["default"].detector.kind == "haar"
+    assert daemon.pipeline.model.predict(np.zeros((2, 32, 32, 3), np.float32)) == pytest.approx([5.0, 5.0], abs=1e-3)
