@@ -63,7 +63,7 @@ def main() -> None:
     def fresh_model():
         model = build_model(card["backbone"], card["input_size"], card["weights"], head="distribution",
                             head_init=card.get("head_init"), dropout=0.2)
-        return split_network(model, card.get("trainable_from", "conv_dw_13"))
+        return split_network(model, card["trainable_from"])
 
     bottom, main_top = fresh_model()
     test_features = cache_features(bottom, list(test_rows["path"]), features / "test_v0.npy", card["input_size"])

@@ -343,6 +343,8 @@ def train_on_cached_features(config) -> "TrainResult":
         "n_val": int(len(val_rows)),
         "split_file": str(split_path),
         "seed": config.seed,
+        "trainable_from": config.trainable_from,
+        "views": config.views,
         "trained": f"top from {config.trainable_from} on cached features, {config.views} views "
                    f"(1 clean + {config.views - 1} TillAugment)",
         "epochs_run": epochs_run,
