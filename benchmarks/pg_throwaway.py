@@ -38,6 +38,8 @@ class ThrowawayCluster:
     """initdb + pg_ctl start in a temporary folder; stop() removes it."""
 
     def __init__(self, fsync: bool = False) -> None:
+        # fsync off (tests): a killed server keeps what it committed (the OS has it), a crashed
+        # machine would not. synchronous_commit stays on: the till trusts a COMMIT it was answered.
         bin_dir = server_bin_dir()
         if bin_dir is None:
             raise FileNotFoundError("no PostgreSQL server binaries (apt-get install postgresql)")
@@ -74,7 +76,7 @@ class ThrowawayCluster:
 
     def start(self) -> "ThrowawayCluster":
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=50"
-                   + ("" if self.fsync else " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"))
+                   + ("" if self.fsync else " -c fsync=off -c full_page_writes=off"))
         result = self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "-t", "60",
                            "start", check=False)
         if result.returncode != 0:
