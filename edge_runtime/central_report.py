@@ -24,12 +24,15 @@ if TYPE_CHECKING:
 # %(since)s / %(until)s are timestamptz or NULL (open end); %(store)s is a store id or NULL (chain).
 PERIOD = ("({col} >= %(since)s::timestamptz OR %(since)s::timestamptz IS NULL) "
           "AND ({col} < %(until)s::timestamptz OR %(until)s::timestamptz IS NULL)")
+# Band counts are per hour: like the till's report, the hour a bound falls in decides.
+HOURS = ("(hour_utc >= date_trunc('hour', %(since)s::timestamptz) OR %(since)s::timestamptz IS NULL) "
+         "AND (hour_utc < date_trunc('hour', %(until)s::timestamptz) OR %(until)s::timestamptz IS NULL)")
 STORE = "(store_id = %(store)s OR %(store)s::text IS NULL)"
 
 SHOPPERS_SQL = f"""
 SELECT {{unit}} AS lane, to_char(hour_utc, 'HH24') || ':00' AS hour_of_day, band, SUM(shoppers)::bigint AS shoppers
 FROM band_counts
-WHERE {PERIOD.format(col="hour_utc")} AND {STORE}
+WHERE {HOURS} AND {STORE}
 GROUP BY 1, 2, 3
 """
 RECEIPTS_SQL = f"""

@@ -65,6 +65,12 @@ def pg_admin_url(psycopg):
     cluster.destroy()
 
 
+def password_of(url: str) -> str:
+    password = urlsplit(url).password
+    assert password, f"the test server's URL must carry a password, to check it is never printed: {mask_dsn(url)}"
+    return password
+
+
 def with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{name}"))
@@ -140,7 +146,7 @@ def test_sync_twice_and_a_repeated_batch_store_each_row_once(tmp_path, central_u
     resent = sync_cli(central_url, till, "S1", "--batch-rows", "25")
     assert resent.returncode == 0 and "receipts" in resent.stderr
     assert central_counts(psycopg, central_url) == till_counts(till)
-    assert PASSWORD not in first.stderr + second.stderr + resent.stderr
+    assert password_of(central_url) not in first.stderr + second.stderr + resent.stderr
 
 
 def test_an_hour_that_grew_is_updated_not_added(tmp_path, central_url, psycopg):
@@ -281,7 +287,7 @@ def test_chain_report_adds_up_the_tills_and_suppresses_after_the_sums(tmp_path, 
     chain = subprocess.run([*AGETOOL, "analytics", "report", "--db", central_url, "--out", str(tmp_path / "chain"),
                             "--since", "2026-11-20"], capture_output=True, text=True)
     assert chain.returncode == 0, chain.stderr
-    assert PASSWORD not in chain.stderr
+    assert password_of(central_url) not in chain.stderr
     report = (tmp_path / "chain" / "report.md").read_text()
     # Per till, each lane of S1 is a small cell; per store, S1's 3 + 4 = 7 shoppers show.
     assert table_row(reports["S1"], "till-1")[4] == "<5" and table_row(reports["S1"], "till-2")[4] == "<5"
@@ -339,11 +345,95 @@ def test_bad_url_and_unmigrated_database_are_one_line_errors(tmp_path, pg_admin_
         empty = subprocess.run([*AGETOOL, "analytics", "sync", "--to", with_database(pg_admin_url, name),
                                 "--db", str(till), "--store-id", "S1"], capture_output=True, text=True)
         assert empty.returncode == 2 and "agetool central migrate" in empty.stderr
-        assert PASSWORD not in empty.stderr and "Traceback" not in empty.stderr
+        assert password_of(pg_admin_url) not in empty.stderr and "Traceback" not in empty.stderr
         migrated = subprocess.run([*AGETOOL, "central", "migrate", "--db", with_database(pg_admin_url, name)],
                                   capture_output=True, text=True)
         assert migrated.returncode == 0 and "schema version 0 -> 1" in migrated.stderr
-        assert PASSWORD not in migrated.stderr and "***" in migrated.stderr
+        assert password_of(pg_admin_url) not in migrated.stderr and "***" in migrated.stderr
     finally:
         with psycopg.connect(pg_admin_url, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_config_central_section_reads_the_password_from_the_environment(tmp_path, monkeypatch):
+    from agetool.edge_runtime.config import _read_yaml, parse_config
+    from agetool.errors import ConfigError
+
+    monkeypatch.setenv("AGETOOL_CENTRAL_PASSWORD", "pw-from-env-123")
+    config = tmp_path / "agetool.yaml"
+    config.write_text("lanes: [{name: till-1, source: 0}]\nanalytics:\n  central:\n"
+                      "    url: postgresql://sync:${AGETOOL_CENTRAL_PASSWORD}@db.example/agetool\n"
+                      "    store_id: store-7\n    sslmode: verify-full\n")
+    central = parse_config(*_read_yaml(config)[:1]).analytics.central
+    assert central.url == "postgresql://sync:pw-from-env-123@db.example/agetool" and central.interval_s == 300
+    config.write_text("lanes: [{name: till-1, source: 0}]\nanalytics:\n  central:\n"
+                      "    url: mysql://sync:${AGETOOL_CENTRAL_PASSWORD}@db.example/agetool\n    store_id: store-7\n")
+    data, lines = _read_yaml(config)
+    with pytest.raises(ConfigError) as raised:
+        parse_config(data, "config", lines)
+    assert "line 4: analytics.central.url: expected a postgresql:// URL" in str(raised.value)
+    assert "pw-from-env-123" not in str(raised.value)
+
+
+def test_serve_syncs_in_the_background_with_the_password_from_the_environment(tmp_path, central_url, psycopg):
+    import cv2
+    import httpx
+    import numpy as np
+
+    from conftest import build_tiny_age_onnx
+    from test_runtime_daemon import free_port, wait_for
+
+    password = password_of(central_url)
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((240, 320, 3), 90, np.uint8))
+    model = build_tiny_age_onnx(tmp_path / "tiny.onnx")
+    port = free_port()
+    config = tmp_path / "agetool.yaml"
+    config.write_text(f"""\
+lanes:
+  - name: lane-a
+    source: {blank}
+    fps: 2
+model:
+  path: {model}
+  providers: cpu
+api:
+  port: {port}
+events:
+  jsonl: "off"
+analytics:
+  sqlite_path: {tmp_path}/analytics.sqlite
+  flush_interval_s: 1
+  central:
+    url: "{central_url.replace(password, '${AGETOOL_CENTRAL_PASSWORD}')}"
+    store_id: store-9
+    interval_s: 1
+""")
+    env = {**os.environ, "AGETOOL_CENTRAL_PASSWORD": password, "AGETOOL_DETECTOR": "", "HOME": str(tmp_path)}
+    log_path = tmp_path / "daemon.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen([*AGETOOL, "serve", "--config", str(config)], env=env, stdout=log_file,
+                                stderr=subprocess.STDOUT)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            def answers() -> bool:
+                assert proc.poll() is None, log_path.read_text()
+                try:
+                    return client.get("/healthz").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_for(answers, 120, "the daemon's API")
+            for i in range(4):
+                reply = client.post("/v1/lanes/lane-a/receipts",
+                                    json={"receipt_id": f"D{i}", "total": 3.5, "items": [{"sku": "1", "category": "milk", "quantity": 1}]})
+                assert reply.status_code == 201, reply.text
+            wait_for(lambda: central_counts(psycopg, central_url, "store-9")["receipt_items"] == 4, 120,
+                     "the receipts in the central database")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    assert central_counts(psycopg, central_url, "store-9") == till_counts(tmp_path / "analytics.sqlite")
+    log_text = log_path.read_text()
+    assert "central sync: store store-9 to postgresql://agetool:***@" in log_text
+    assert password not in log_text
