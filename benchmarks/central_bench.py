@@ -70,9 +70,11 @@ def generate_till(path: Path, store_index: int, shape: TillShape, seed: int = 42
                 if band != UNKNOWN_BAND:  # a shopper with a face is counted; a few without a receipt too
                     key = (hour, lane, band)
                     counts[key] = counts.get(key, 0) + (2 if rng.random() < 0.1 else 1)
-    db = open_db(path)
+    partial = path.with_name(f".{path.name}.partial")  # renamed when complete: a killed run leaves no half file
+    partial.unlink(missing_ok=True)
+    db = open_db(partial)
     try:
-        migrate(db, str(path))
+        migrate(db, str(partial))
         db.execute("PRAGMA synchronous=OFF")
         db.execute("BEGIN")
         db.executemany("INSERT INTO receipts (receipt_id, lane, recorded_at_utc, hour_utc, band, band_confidence, "
@@ -84,6 +86,7 @@ def generate_till(path: Path, store_index: int, shape: TillShape, seed: int = 42
         db.execute("COMMIT")
     finally:
         db.close()
+    partial.replace(path)
     return {"receipts": len(receipts), "receipt_items": len(items), "band_counts": len(counts)}
 
 
@@ -124,19 +127,40 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         receipts = conn.execute("SELECT COUNT(*) FROM receipts").fetchone()[0]
         items = conn.execute("SELECT COUNT(*) FROM receipt_items").fetchone()[0]
         counts = conn.execute("SELECT COUNT(*) FROM band_counts").fetchone()[0]
-    started = time.perf_counter()
-    build_central_report(target, Path(args.work) / "chain-report")
-    report_s = time.perf_counter() - started
+    report_s, sql_s = time_report(target, Path(args.work) / "chain-report")
+    store_report_s, store_sql_s = time_report(target, Path(args.work) / "store-report", "store-0000")
     return {
         "stores": args.stores, "lanes": args.lanes, "days": args.days,
         "central_rows": {"receipts": receipts, "receipt_items": items, "band_counts": counts},
         "generate_s": round(generate_s, 1),
-        "first_till_day_sync": first_till,
+        "first_store_sync": first_till,
         "sync_s": round(sync_s, 2),
         "rows_per_s": round(total_rows / sync_s) if sync_s else None,
         "receipts_per_s": round(receipts / sync_s) if sync_s else None,
         "chain_report_s": round(report_s, 2),
+        "chain_report_sql_s": round(sql_s, 2),
+        "store_report_s": round(store_report_s, 2),
+        "store_report_sql_s": round(store_sql_s, 2),
     }
+
+
+def time_report(target: "object", out: Path, store: str | None = None) -> tuple[float, float]:
+    """(seconds for the whole report: SQL, suppression, charts, files; seconds for its SQL alone)."""
+    from agetool.edge_runtime.analytics_report import make_period
+    from agetool.edge_runtime.central_db import connect
+    from agetool.edge_runtime.central_report import build_central_report, query_tables
+
+    started = time.perf_counter()
+    build_central_report(target, out, store)  # type: ignore[arg-type]
+    report_s = time.perf_counter() - started
+    conn = connect(target)  # type: ignore[arg-type]
+    try:
+        started = time.perf_counter()
+        query_tables(conn, make_period(None, None), store)
+        sql_s = time.perf_counter() - started
+    finally:
+        conn.close()
+    return report_s, sql_s
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -175,20 +175,6 @@ def mark_sent(db: sqlite3.Connection, batch: Batch) -> None:
                (batch.size, now, spec.name))
 
 
-def pending_rows(db: sqlite3.Connection) -> dict[str, int]:
-    """Rows per table the centre does not have yet (for status and tests)."""
-    answer = {}
-    for spec in SPECS:
-        if not table_exists(db, spec.name):
-            continue
-        if spec.kind == "append":
-            answer[spec.name] = db.execute(f"SELECT COUNT(*) FROM {spec.name} WHERE {spec.high_water} > ?",
-                                           (high_water(db, spec.name),)).fetchone()[0]
-        else:
-            answer[spec.name] = db.execute(f"SELECT COUNT(*) FROM ({spec.select.replace(' LIMIT ?', '')})").fetchone()[0]
-    return answer
-
-
 # --- Retention --------------------------------------------------------------------------------------
 def retention_guard(db: sqlite3.Connection, table: str) -> str:
     """An SQL condition (' AND ...', or '' when the till does not sync) that keeps the rows of
