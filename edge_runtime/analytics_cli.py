@@ -88,13 +88,15 @@ def sync(
     retries: int = typer.Option(8, "--retries", help="Retries in a row (1, 2, 4 ... 60 s apart) before giving up."),
     sslmode: Optional[str] = typer.Option(None, "--sslmode", help=SSLMODE_HELP),
     sslrootcert: Optional[Path] = typer.Option(None, "--sslrootcert", help=SSLROOTCERT_HELP),
+    resend: bool = typer.Option(False, "--resend", help="Send every row again (e.g. after the central database "
+                                "was restored from a backup); rows it has are kept once."),
 ) -> None:
     """Send the receipts, their items and the band counts the central database lacks (oldest first)."""
     from agetool.edge_runtime.analytics_report import resolve_db
     from agetool.edge_runtime.central_sync import sync_till
 
     target = central_target(to, sslmode, sslrootcert)
-    result = sync_till(target, resolve_db(db), store_id, batch_rows=batch_rows, retries=retries)
+    result = sync_till(target, resolve_db(db), store_id, batch_rows=batch_rows, retries=retries, resend=resend)
     sent = ", ".join(f"{n} {table}" for table, n in result.rows.items()) or "nothing new"
     typer.echo(f"sync: store {result.store_id} -> {target.masked}: {sent} in {result.seconds:.2f} s "
                f"({result.batches} batch(es), {result.retries} retry(ies))", err=True)

@@ -126,6 +126,10 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         1,
         "stores, receipts, their items and band counts, hash-partitioned by store",
         (
+            # Which database this is: a till that finds another one (a new server, a rebuilt
+            # database) sends everything again instead of trusting marks made for the old one.
+            "CREATE TABLE agetool_instance (instance_id text PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now())",
+            "INSERT INTO agetool_instance (instance_id) VALUES (md5(random()::text || clock_timestamp()::text))",
             """
             CREATE TABLE stores (
                 store_id text PRIMARY KEY,
@@ -237,3 +241,10 @@ def require_latest(conn: "psycopg.Connection[Any]", target: CentralTarget) -> No
     if version != LATEST_CENTRAL_VERSION:
         raise AgetoolError(f"central database {target.masked}: schema version {version}, this agetool needs "
                            f"{LATEST_CENTRAL_VERSION}; run `agetool central migrate --db URL` first")
+
+
+def central_instance(conn: "psycopg.Connection[Any]") -> str:
+    """The id migration 1 gave this database (the same on every connection to it)."""
+    instance = str(conn.execute("SELECT instance_id FROM agetool_instance").fetchone()[0])
+    conn.commit()
+    return instance

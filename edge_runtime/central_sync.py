@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from agetool.edge_runtime.central_db import CentralTarget, connect, import_psycopg, require_latest
-from agetool.edge_runtime.sync_specs import SPECS, Batch, ChildSpec, StoreMismatch, TableSpec, mark_sent, prepare_state, read_batch
+from agetool.edge_runtime.central_db import CentralTarget, central_instance, connect, import_psycopg, require_latest
+from agetool.edge_runtime.sync_specs import (
+    SPECS, Batch, StoreMismatch, TableSpec, bind_central, mark_sent, prepare_state, read_batch, reset_marks,
+)
 from agetool.errors import AgetoolError
 
 if TYPE_CHECKING:
@@ -140,6 +142,10 @@ def sync_pass(
         conn = connect(target)
         try:
             require_latest(conn, target)
+            instance = central_instance(conn)
+            if write(lambda db: bind_central(db, instance)):
+                log.warning("central database %s is not the one %s was last synced to: sending every row "
+                            "again (rows it has already are kept once)", target.masked, sqlite_path)
             for spec in SPECS:
                 while (batch := _read(reader, spec, batch_rows)) is not None:
                     send_batch(conn, batch, store_id)
@@ -222,8 +228,10 @@ def sync_till(
     retries: int = 8,
     backoff: Backoff = Backoff(),
     on_batch: Callable[[str, int], None] | None = None,
+    resend: bool = False,
 ) -> SyncResult:
-    """`agetool analytics sync`: one complete sync of an analytics file."""
+    """`agetool analytics sync`: one complete sync of an analytics file; with `resend`, every row
+    again (after restoring the central database from a backup, say)."""
     import re
 
     store_id = store_id or default_store_id()
@@ -235,6 +243,11 @@ def sync_till(
         raise AgetoolError(f"--db {sqlite_path}: file not found")
     write, close = local_writer(Path(sqlite_path))
     try:
+        if resend:
+            try:
+                write(lambda db: (prepare_state(db, store_id), reset_marks(db)))
+            except StoreMismatch as exc:
+                raise AgetoolError(f"{sqlite_path}: {exc}") from None
         return sync_with_retry(target, Path(sqlite_path), store_id, write, batch_rows, retries, backoff,
                                on_batch=on_batch)
     finally:

@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
     store_id TEXT NOT NULL,           -- the store these rows were sent as; another one is refused
     high_water INTEGER NOT NULL,      -- append tables: the last rowid the centre has committed
     rows_sent INTEGER NOT NULL,
-    synced_at_utc TEXT
+    synced_at_utc TEXT,
+    central_instance TEXT             -- the central database the marks are for (central_db.central_instance)
 )
 """
 
@@ -121,6 +122,26 @@ class StoreMismatch(Exception):
     def __init__(self, synced_as: str, asked: str) -> None:
         super().__init__(f"this analytics file was synced as store {synced_as!r}, not {asked!r}; "
                          "use the same --store-id (or start the new store from a fresh file)")
+
+
+def reset_marks(db: sqlite3.Connection) -> None:
+    """Forget what was sent: the next sync sends every row again (the centre's upserts keep one copy
+    of each). The caller holds the transaction."""
+    db.execute(f"UPDATE {STATE_TABLE} SET high_water = 0, central_instance = NULL")
+    for spec in SPECS:
+        if spec.kind == "latest":
+            db.execute(f"DELETE FROM {spec.sent_table}")
+
+
+def bind_central(db: sqlite3.Connection, instance: str) -> bool:
+    """Tie the marks to the central database `instance`; when they were made for another one, reset
+    them first (True). The caller holds the transaction."""
+    other = db.execute(f"SELECT 1 FROM {STATE_TABLE} WHERE central_instance IS NOT NULL AND central_instance != ?",
+                       (instance,)).fetchone()
+    if other is not None:
+        reset_marks(db)
+    db.execute(f"UPDATE {STATE_TABLE} SET central_instance = ?", (instance,))
+    return other is not None
 
 
 def high_water(db: sqlite3.Connection, table: str) -> int:

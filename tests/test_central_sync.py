@@ -149,6 +149,35 @@ def test_sync_twice_and_a_repeated_batch_store_each_row_once(tmp_path, central_u
     assert password_of(central_url) not in first.stderr + second.stderr + resent.stderr
 
 
+def test_a_new_central_database_or_resend_gets_every_row(tmp_path, central_url, pg_admin_url, psycopg):
+    till = tmp_path / "store.sqlite"
+    generate_till(till, 2, TillShape(lanes=2, days=1, receipts_per_lane_day=30))
+    assert sync_cli(central_url, till, "S1").returncode == 0
+    # The central database restored from an older backup (here: rows deleted): same instance, so a
+    # plain sync sends nothing; --resend puts the rows back, once.
+    with psycopg.connect(central_url) as conn:
+        conn.execute("DELETE FROM receipt_items")
+        conn.execute("DELETE FROM receipts WHERE receipt_id > 'S0002-00000010'")
+        conn.execute("DELETE FROM band_counts")
+    assert sync_cli(central_url, till, "S1").returncode == 0
+    assert central_counts(psycopg, central_url)["receipts"] < till_counts(till)["receipts"]
+    assert sync_cli(central_url, till, "S1", "--resend").returncode == 0
+    assert central_counts(psycopg, central_url) == till_counts(till)
+    # A new central database: its own instance id, so the till's marks do not count there.
+    name = f"agetool_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        other = with_database(pg_admin_url, name)
+        migrate_central(CentralTarget(other))
+        moved = sync_cli(other, till, "S1")
+        assert moved.returncode == 0 and "not the one" in moved.stderr
+        assert central_counts(psycopg, other) == till_counts(till)
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def test_an_hour_that_grew_is_updated_not_added(tmp_path, central_url, psycopg):
     till = tmp_path / "store.sqlite"
     store = AnalyticsStore(till, 3650, 3600, clock=lambda: NOW)
