@@ -422,3 +422,6 @@ def check_files(config: DaemonConfig, where: str = "config", lines: dict[tuple[A
     detector_path = config.detector.resolved_path()
     if detector_path is not None and not detector_path.is_file():
         fail(("detector", "path"), f"{detector_path}: file not found (a YuNet .onnx was expected)")
+    central = config.analytics.central
+    if central is not None and central.sslrootcert is not None and not central.sslrootcert.is_file():
+        fail(("analytics", "central", "sslrootcert"), f"{central.sslrootcert}: file not found (a CA certificate was expected)")

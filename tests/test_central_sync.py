@@ -396,7 +396,7 @@ def test_bad_url_and_unmigrated_database_are_one_line_errors(tmp_path, pg_admin_
 
 
 def test_config_central_section_reads_the_password_from_the_environment(tmp_path, monkeypatch):
-    from agetool.edge_runtime.config import _read_yaml, parse_config
+    from agetool.edge_runtime.config import _read_yaml, load_config, parse_config
     from agetool.errors import ConfigError
 
     monkeypatch.setenv("AGETOOL_CENTRAL_PASSWORD", "pw-from-env-123")
@@ -413,6 +413,11 @@ def test_config_central_section_reads_the_password_from_the_environment(tmp_path
         parse_config(data, "config", lines)
     assert "line 4: analytics.central.url: expected a postgresql:// URL" in str(raised.value)
     assert "pw-from-env-123" not in str(raised.value)
+    config.write_text("lanes: [{name: till-1, source: 0}]\nanalytics:\n  central:\n"
+                      "    url: postgresql://sync:${AGETOOL_CENTRAL_PASSWORD}@db.example/agetool\n    store_id: store-7\n"
+                      f"    sslrootcert: {tmp_path}/missing-ca.pem\n")
+    with pytest.raises(ConfigError, match=r"line 6: analytics.central.sslrootcert: .*missing-ca.pem: file not found"):
+        load_config(config)
 
 
 def test_serve_syncs_in_the_background_with_the_password_from_the_environment(tmp_path, central_url, psycopg):
