@@ -42,14 +42,12 @@ FROM receipts
 WHERE {PERIOD.format(col="recorded_at_utc")} AND {STORE}
 GROUP BY band
 """
-# Receipts per category count each receipt once, however many lines of the category it has.
+# Receipts per category count each receipt once, however many lines of the category it has: its
+# first line of the category (marked when it was synced) is the one counted.
 CATEGORIES_SQL = f"""
-SELECT band, category, COUNT(*) AS receipts, SUM(units) AS units FROM (
-    SELECT band, category, store_id, receipt_id, SUM(quantity) AS units
-    FROM receipt_items
-    WHERE {PERIOD.format(col="recorded_at_utc")} AND {STORE}
-    GROUP BY band, category, store_id, receipt_id
-) per_receipt
+SELECT band, category, COUNT(*) FILTER (WHERE first_in_category) AS receipts, SUM(quantity) AS units
+FROM receipt_items
+WHERE {PERIOD.format(col="recorded_at_utc")} AND {STORE}
 GROUP BY band, category
 """
 

@@ -250,6 +250,8 @@ def sync_till(
                 raise AgetoolError(f"{sqlite_path}: {exc}") from None
         return sync_with_retry(target, Path(sqlite_path), store_id, write, batch_rows, retries, backoff,
                                on_batch=on_batch)
+    except sqlite3.Error as exc:  # e.g. the file locked for longer than the busy timeout
+        raise AgetoolError(f"--db {sqlite_path}: {exc}; nothing is lost, run the sync again") from None
     finally:
         close()
 

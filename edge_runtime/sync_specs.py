@@ -77,9 +77,11 @@ RECEIPTS = TableSpec(
     children=(
         ChildSpec(
             name="receipt_items",
-            columns=("receipt_id", "line", "sku", "category", "quantity", "recorded_at_utc", "band"),
+            columns=("receipt_id", "line", "sku", "category", "quantity", "recorded_at_utc", "band",
+                     "first_in_category"),
             key=("receipt_id", "line"),
-            select="SELECT i.receipt_id, i.line, i.sku, i.category, i.quantity, r.recorded_at_utc, r.band "
+            select="SELECT i.receipt_id, i.line, i.sku, i.category, i.quantity, r.recorded_at_utc, r.band, "
+                   "ROW_NUMBER() OVER (PARTITION BY i.receipt_id, i.category ORDER BY i.line) = 1 "
                    "FROM receipts r JOIN receipt_items i ON i.receipt_id = r.receipt_id "
                    "WHERE r.rowid > ? AND r.rowid <= ?",
         ),

@@ -309,7 +309,7 @@ def test_chain_report_adds_up_the_tills_and_suppresses_after_the_sums(tmp_path, 
     for i in range(7):
         post(store, f"A{i}", 10.0 + i, ["beer"], ADULT)
     for i in range(3):
-        post(store, f"S{i}", 50.0 + i, ["tea"], SENIOR)
+        post(store, f"S{i}", 50.0 + i, ["tea", "tea"], SENIOR)  # two lines of tea: still one receipt with tea
     store.add_band_counts([("2026-11-20T12:00Z", "till-1", "25-34", 3), ("2026-11-20T12:00Z", "till-2", "25-34", 4)])
     store.stop()
     store = AnalyticsStore(tills["S2"], 3650, 3600, clock=lambda: NOW)
@@ -338,7 +338,8 @@ def test_chain_report_adds_up_the_tills_and_suppresses_after_the_sums(tmp_path, 
     assert table_row(reports["S1"], "65+")[1] == "<5" and table_row(reports["S2"], "65+")[1] == "<5"
     assert table_row(report, "25-34")[1:3] == ["12", "201.00"]
     assert table_row(report, "65+")[1:5] == ["6", "336.00", "56.00", "56.00"]
-    assert table_row(report, "65+ | 1 | tea")[3] == "6"  # tea is on <5 receipts in each till, 6 in the chain
+    # tea is on <5 receipts in each till, on 6 in the chain, 3 x 2 + 3 x 1 units
+    assert table_row(report, "65+ | 1 | tea")[3:] == ["6", "100 %", "9"]
     assert "65+ | 1 | tea" not in reports["S1"]
     # One store, per lane: the same small cells as the till's own report.
     one = subprocess.run([*AGETOOL, "analytics", "report", "--db", central_url, "--out", str(tmp_path / "s1"),
