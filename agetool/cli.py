@@ -13,6 +13,7 @@ from agetool import __version__
 from agetool.benchmarks import cli as bench_cli
 from agetool.edge_runtime import cli as runtime_cli
 from agetool.edge_runtime.analytics_cli import analytics_app
+from agetool.edge_runtime.central_cli import central_app
 from agetool.edge_runtime.compliance_cli import compliance_app
 from agetool.errors import AgetoolError
 from agetool.export import cli as export_cli
@@ -56,6 +57,7 @@ app.command("serve")(runtime_cli.serve)
 app.command("bench")(bench_cli.bench)
 app.add_typer(analytics_app, name="analytics")
 app.add_typer(compliance_app, name="compliance")
+app.add_typer(central_app, name="central")
 
 
 def main() -> None:

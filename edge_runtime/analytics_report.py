@@ -273,7 +273,14 @@ class ShopperTables:
 
 
 def shopper_tables(counts: "pd.DataFrame", k: int) -> ShopperTables:
-    counts = counts.assign(hour_of_day=counts["hour_utc"].str.slice(11, 13) + ":00")
+    """From band counts (hour_utc, lane, band, shoppers)."""
+    return shopper_tables_by_hour_of_day(
+        counts.assign(hour_of_day=counts["hour_utc"].str.slice(11, 13) + ":00"), k)
+
+
+def shopper_tables_by_hour_of_day(counts: "pd.DataFrame", k: int) -> ShopperTables:
+    """From counts already summed per (lane, hour_of_day 'HH:00', band): what the central report's
+    SQL returns, with a store in `lane` for the chain-wide report. Suppression comes after the sums."""
     by_lane = _pivot(counts, ["lane"], "shoppers", "sum")
     by_hour = _pivot(counts, ["lane", "hour_of_day"], "shoppers", "sum")
     return ShopperTables(by_lane, small_cells(by_lane, k), by_hour,
@@ -281,9 +288,10 @@ def shopper_tables(counts: "pd.DataFrame", k: int) -> ShopperTables:
                          else small_cells(by_hour, k))
 
 
-def shoppers_section(tables: ShopperTables, k: int) -> list[str]:
-    """Markdown for shoppers per band and lane, and per hour of day and lane."""
-    parts = ["## Shoppers per age band and lane", "",
+def shoppers_section(tables: ShopperTables, k: int, unit: str = "lane") -> list[str]:
+    """Markdown for shoppers per band and lane, and per hour of day and lane (`unit` 'store' in the
+    chain-wide report, whose rows are stores)."""
+    parts = [f"## Shoppers per age band and {unit}", "",
              "One count per shopper (a face followed across frames), when they leave the till.", ""]
     if tables.by_lane.empty:
         return parts + ["No shoppers counted in this period.", ""]
@@ -292,12 +300,12 @@ def shoppers_section(tables: ShopperTables, k: int) -> list[str]:
                  for lane, row in tables.by_lane.iterrows()]
     hour_rows = [[str(lane), hour] + [cell(v, k, h) for v, h in zip(row, tables.by_hour_hidden.loc[(lane, hour)])]
                  for (lane, hour), row in tables.by_hour.iterrows()]
-    parts += [markdown_table(["lane"] + bands, lane_rows), ""]
-    parts += ["## Shoppers per age band, hour of day (UTC) and lane", "",
+    parts += [markdown_table([unit] + bands, lane_rows), ""]
+    parts += [f"## Shoppers per age band, hour of day (UTC) and {unit}", "",
               "![shoppers by hour](shoppers_by_hour.png)", "",
-              markdown_table(["lane", "hour (UTC)"] + bands, hour_rows), ""]
+              markdown_table([unit, "hour (UTC)"] + bands, hour_rows), ""]
     if (tables.by_hour_hidden & ~small_cells(tables.by_hour, k)).to_numpy().any():
-        parts += [f"`{HIDDEN}`: k or more shoppers, hidden because with the lane totals above it would "
+        parts += [f"`{HIDDEN}`: k or more shoppers, hidden because with the {unit} totals above it would "
                   f"give away a `<{k}` cell.", ""]
     return parts
 
@@ -311,6 +319,11 @@ def receipts_by_band(receipts: "pd.DataFrame") -> "pd.DataFrame":
     else:
         grouped = receipts.groupby("band")["total"].agg(
             receipts="count", value="sum", mean_basket="mean", median_basket="median")
+    return band_order(grouped)
+
+
+def band_order(grouped: "pd.DataFrame") -> "pd.DataFrame":
+    """A per-band table (index band; receipts, value, mean_basket, median_basket) in report order."""
     bands = [b for b in REPORT_BANDS if b in BAND_NAMES or b in grouped.index]
     return grouped.reindex(bands).fillna({"receipts": 0, "value": 0.0})
 
@@ -332,18 +345,34 @@ def receipts_section(table: "pd.DataFrame", k: int) -> list[str]:
             "", f"Bands with fewer than {k} receipts show `<{k}` and no value.", ""]
 
 
-def categories_section(items: "pd.DataFrame", table: "pd.DataFrame", k: int, top_n: int) -> list[str]:
-    """Per band with at least k receipts: the categories on most receipts (each on at least k)."""
+def categories_section(categories: "pd.DataFrame", table: "pd.DataFrame", k: int, top_n: int) -> list[str]:
+    """Per band with at least k receipts: the categories on most receipts (each on at least k), from
+    per (band, category) counts."""
     parts = ["## Top categories per age band", "",
              f"Categories ranked by the number of receipts they are on; only bands and categories with at "
              f"least {k} receipts are listed.", ""]
+    return parts + ranked_categories_rows(categories, table, k, top_n)
+
+
+def category_counts(items: "pd.DataFrame") -> "pd.DataFrame":
+    """Per (band, category): the receipts it is on and the units bought."""
+    import pandas as pd
+
+    if items.empty:
+        return pd.DataFrame(columns=["band", "category", "receipts", "units"])
+    return (items.groupby(["band", "category"]).agg(receipts=("receipt_id", "nunique"), units=("quantity", "sum"))
+            .reset_index())
+
+
+def ranked_categories_rows(counts: "pd.DataFrame", table: "pd.DataFrame", k: int, top_n: int) -> list[str]:
+    """The top-categories table from per (band, category) counts (`category_counts`, or the central
+    report's SQL); only bands and categories on at least k receipts."""
     rows = []
     for band, band_row in table.iterrows():
         n_receipts = int(band_row["receipts"])
         if n_receipts < k:
             continue
-        mine = items[items["band"] == band]
-        ranked = (mine.groupby("category").agg(receipts=("receipt_id", "nunique"), units=("quantity", "sum"))
+        ranked = (counts[counts["band"] == band].set_index("category")[["receipts", "units"]]
                   .sort_values(["receipts", "units"], ascending=False))
         ranked = ranked[ranked["receipts"] >= k].head(top_n)
         for rank, (category, row) in enumerate(ranked.iterrows(), start=1):
@@ -351,10 +380,8 @@ def categories_section(items: "pd.DataFrame", table: "pd.DataFrame", k: int, top
             rows.append([band, str(rank), str(category), str(int(row["receipts"])), f"{share:.0f} %",
                          f"{row['units']:g}"])
     if rows:
-        parts += [markdown_table(["band", "rank", "category", "receipts", "of the band's receipts", "units"], rows), ""]
-    else:
-        parts += [f"No band has a category on {k} or more receipts in this period.", ""]
-    return parts
+        return [markdown_table(["band", "rank", "category", "receipts", "of the band's receipts", "units"], rows), ""]
+    return [f"No band has a category on {k} or more receipts in this period.", ""]
 
 
 def _save_png(path: Path, draw: Callable[["object"], None], size: tuple[float, float] = (9.0, 4.5)) -> Path:
@@ -406,6 +433,11 @@ def chart_receipts_by_band(path: Path, table: "pd.DataFrame", k: int) -> Path:
     return _save_png(path, draw)
 
 
+def check_k(k: int) -> None:
+    if k < 2:
+        raise AgetoolError(f"--k {k}: expected 2 or more (k = 1 would show single shoppers)")
+
+
 def build_report(
     db_path: Path | None,
     out_dir: Path,
@@ -415,11 +447,7 @@ def build_report(
     top_n: int = DEFAULT_TOP_CATEGORIES,
 ) -> ReportResult:
     """report.md and two PNG charts in out_dir, from the analytics file."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    if k < 2:
-        raise AgetoolError(f"--k {k}: expected 2 or more (k = 1 would show single shoppers)")
+    check_k(k)
     period = make_period(since, until)
     db = connect_readonly(resolve_db(db_path))
     try:
@@ -428,13 +456,31 @@ def build_report(
         items = read_items_frame(db, period)
     finally:
         db.close()
-    out_dir = Path(out_dir)
-    tables = shopper_tables(counts, k)
-    table = receipts_by_band(receipts)
+    return write_report(Path(out_dir), period, shopper_tables(counts, k), receipts_by_band(receipts),
+                        category_counts(items), k, top_n)
+
+
+def write_report(
+    out_dir: Path,
+    period: Period,
+    tables: ShopperTables,
+    table: "pd.DataFrame",
+    categories: "pd.DataFrame",
+    k: int,
+    top_n: int,
+    unit: str = "lane",
+    scope: str | None = None,
+) -> ReportResult:
+    """report.md and its two charts from aggregated tables (suppression is applied here, after
+    every sum); shared by the till's report and the central (chain-wide / per store) one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     shown_receipts = int(table.loc[table["receipts"] >= k, "receipts"].sum())
     result = ReportResult(out_dir, receipts_shown=shown_receipts, shoppers_shown=tables.shown_total)
     parts = [
         "# Purchases by age group", "",
+        *([f"- Scope: {scope}"] if scope else []),
         f"- Period: {period.describe()}",
         f"- Shoppers counted, in the cells shown: {result.shoppers_shown}; receipts, in the bands shown: "
         f"{result.receipts_shown}",
@@ -442,9 +488,9 @@ def build_report(
         "and of every sum and share (so no small cell can be worked out from them).",
         "- Band `unknown`: no face at the till, or an estimate too uncertain to name one band (docs/privacy.md).",
         "",
-        *shoppers_section(tables, k),
+        *shoppers_section(tables, k, unit),
         *receipts_section(table, k),
-        *categories_section(items, table, k, top_n),
+        *categories_section(categories, table, k, top_n),
     ]
     result.files.append(chart_shoppers_by_hour(out_dir / "shoppers_by_hour.png", tables, k))
     result.files.append(chart_receipts_by_band(out_dir / "receipts_by_band.png", table, k))

@@ -193,6 +193,31 @@ class EventsConfig(Section):
         return value
 
 
+class CentralSyncConfig(Section):
+    """The chain's central PostgreSQL database this till sends its analytics to (`agetool[central]`)."""
+
+    url: str = Field(description="postgresql://USER:${AGETOOL_CENTRAL_PASSWORD}@HOST:5432/DB; the password is "
+                     "never logged.")
+    store_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+                          description="This till's store in the central tables.")
+    interval_s: float = Field(300.0, ge=1, le=86400, description="Seconds between syncs (a failed one is retried "
+                              "sooner, with backoff).")
+    batch_rows: int = Field(5000, ge=1, le=1_000_000, description="Rows per central transaction.")
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = Field(
+        None, description="TLS: verify-full checks the server's certificate and name; unset = the URL's sslmode, "
+        "else prefer.")
+    sslrootcert: Path | None = Field(None, description="CA certificate(s) for verify-ca / verify-full.")
+    backoff_max_s: float = Field(300.0, ge=1, le=86400, description="Longest wait between retries while the "
+                                 "server is unreachable.")
+
+    @field_validator("url")
+    @classmethod
+    def _postgresql_url(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("expected a postgresql:// URL")
+        return value
+
+
 class AnalyticsConfig(Section):
     """Age-group counts (per band, hour and lane; one per shopper) and POS receipts tagged with the
     shopper's age band, kept in SQLite. Bands, counts, confidence and receipt data only (docs/privacy.md)."""
@@ -209,6 +234,9 @@ class AnalyticsConfig(Section):
         description="A receipt gets the shopper's band only when at least this share of the estimate's "
         "uncertainty interval (lower..upper years) lies in that band; else band 'unknown'.",
     )
+    central: CentralSyncConfig | None = Field(
+        None, description="Send counts and receipts to the chain's central PostgreSQL; while set, retention "
+        "never deletes rows the centre does not have yet.")
 
 
 class ComplianceConfig(Section):
@@ -467,3 +495,6 @@ def check_files(config: DaemonConfig, where: str = "config", lines: dict[tuple[A
     detector_path = config.detector.resolved_path()
     if detector_path is not None and not config.detector.is_haar() and not detector_path.is_file():
         fail(("detector", "path"), f"{detector_path}: file not found (a YuNet .onnx was expected)")
+    central = config.analytics.central
+    if central is not None and central.sslrootcert is not None and not central.sslrootcert.is_file():
+        fail(("analytics", "central", "sslrootcert"), f"{central.sslrootcert}: file not found (a CA certificate was expected)")

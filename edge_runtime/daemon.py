@@ -35,6 +35,7 @@ from agetool.edge_runtime.pos_schema import ReceiptIn
 from agetool.edge_runtime.sources import DropOldestQueue, Frame, LaneReader, Watchdog, mask_url
 from agetool.edge_runtime.store import AnalyticsStore, ReceiptConflict, StoredReceipt, StoredSale
 from agetool.edge_runtime.track import LaneTracker, model_interval_scale, model_uncertainty_years
+from agetool.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ class Daemon:
         self.store: AnalyticsStore | None = None
         self.compliance: ComplianceRules | None = None
         self.checks = CheckLedger(config.compliance.check_valid_s)
+        self.central: Any = None  # central_sync.CentralSyncer when analytics.central is set
         self.api_server = None
         self._watchdog: Watchdog | None = None
         self._wake = threading.Event()
@@ -216,6 +218,8 @@ class Daemon:
             cfg.events.jsonl, cfg.events.webhook_url, cfg.events.webhook_timeout_s,
             cfg.events.webhook_max_retries, cfg.events.webhook_backoff_s,
         )
+        if cfg.analytics.central is not None:
+            self._prepare_central_sync()  # before the store's first purge: it must keep unsent rows
         self.store = AnalyticsStore(
             cfg.analytics.sqlite_path, cfg.analytics.retention_days, cfg.analytics.purge_interval_s,
             compliance_retention_days=cfg.compliance.retention_days,
@@ -229,6 +233,9 @@ class Daemon:
         self.events.start()
         self.store.start()
         self.analytics.start()
+        if self.central is not None:
+            self.central.write = self.store.submit
+            self.central.start()
         self._processor.start()
         for lane in self.lanes.values():
             lane.reader.start()
@@ -267,6 +274,8 @@ class Daemon:
             with lane.lock:
                 closed = lane.tracker.close_all()
             self._count_shoppers(lane, closed)
+        if self.central is not None:
+            self.central.stop()
         if self.analytics is not None:
             self.analytics.stop()
             log.info("analytics flushed to %s (%d shopper count(s) this run)",
@@ -275,6 +284,25 @@ class Daemon:
             self.store.stop()
         if self.events is not None:
             self.events.close()
+
+    def _prepare_central_sync(self) -> None:
+        """Set up the till's sync state and the syncer (psycopg loads here, only when configured)."""
+        from agetool.edge_runtime.central_db import CentralTarget
+        from agetool.edge_runtime.central_sync import Backoff, CentralSyncer, local_writer
+        from agetool.edge_runtime.sync_specs import StoreMismatch, prepare_state
+
+        central = self.config.analytics.central
+        target = CentralTarget(central.url, central.sslmode, str(central.sslrootcert) if central.sslrootcert else None)
+        write, close = local_writer(self.config.analytics.sqlite_path)
+        try:
+            write(lambda db: prepare_state(db, central.store_id))
+        except StoreMismatch as exc:
+            raise ConfigError(f"analytics.central.store_id: {self.config.analytics.sqlite_path}: {exc}") from None
+        finally:
+            close()
+        self.central = CentralSyncer(target, self.config.analytics.sqlite_path, central.store_id, write=None,
+                                     interval_s=central.interval_s, batch_rows=central.batch_rows,
+                                     backoff=Backoff(1.0, central.backoff_max_s))
 
     # --- processing --------------------------------------------------------------------------
     def _process_loop(self) -> None:

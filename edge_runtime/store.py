@@ -38,14 +38,21 @@ WRITE_TIMEOUT_S = 10.0
 
 def purge_older_than(db: sqlite3.Connection, cutoff_wall_s: float) -> dict[str, int]:
     """Delete receipts (with their items) recorded before the cutoff and band counts of hours that
-    began before the cutoff's hour. The caller holds the transaction."""
+    began before the cutoff's hour; on a till that syncs to a central database, only rows the centre
+    already has (sync_specs.retention_guard). The caller holds the transaction."""
+    from agetool.edge_runtime.sync_specs import forget_purged, retention_guard
+
     cutoff = utc_seconds_iso(cutoff_wall_s)
+    receipts_kept = retention_guard(db, "receipts")
     items = db.execute(
-        "DELETE FROM receipt_items WHERE receipt_id IN (SELECT receipt_id FROM receipts WHERE recorded_at_utc < ?)",
+        "DELETE FROM receipt_items WHERE receipt_id IN "
+        f"(SELECT receipt_id FROM receipts WHERE recorded_at_utc < ?{receipts_kept})",
         (cutoff,),
     ).rowcount
-    receipts = db.execute("DELETE FROM receipts WHERE recorded_at_utc < ?", (cutoff,)).rowcount
-    counts = db.execute("DELETE FROM band_counts WHERE hour_utc < ?", (hour_bucket(cutoff_wall_s),)).rowcount
+    receipts = db.execute(f"DELETE FROM receipts WHERE recorded_at_utc < ?{receipts_kept}", (cutoff,)).rowcount
+    counts = db.execute(f"DELETE FROM band_counts WHERE hour_utc < ?{retention_guard(db, 'band_counts')}",
+                        (hour_bucket(cutoff_wall_s),)).rowcount
+    forget_purged(db)
     return {"receipts": receipts, "receipt_items": items, "band_counts": counts}
 
 
