@@ -13,7 +13,7 @@ from agetool import __version__
 from agetool.benchmarks import cli as bench_cli
 from agetool.edge_runtime import cli as runtime_cli
 from agetool.edge_runtime.analytics_cli import analytics_app
-from agetool.errors import AgetoolError
+from agetool.errors import EXIT_USAGE, AgetoolError
 from agetool.export import cli as export_cli
 from agetool.trainer import cli as trainer_cli
 
@@ -56,16 +56,40 @@ app.command("bench")(bench_cli.bench)
 app.add_typer(analytics_app, name="analytics")
 
 
-def main() -> None:
-    """Entry point: user errors become one red line on stderr and a non-zero exit."""
+def _click_exceptions():
+    """click's exception classes: vendored inside typer since typer 0.2x, the click package before."""
     try:
-        app()
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def main() -> None:
+    """Entry point, and the one exit-code rule: every user error is one `error:` line on stderr
+    and no traceback; a bad option or argument (click's or ours) exits 2, a bad configuration
+    file 78 (ConfigError)."""
+    clicks = _click_exceptions()
+    try:
+        outcome = app(prog_name="agetool", standalone_mode=False)
+    except clicks.NoArgsIsHelpError as exc:
+        exc.show()  # `agetool` or `agetool data` alone: the help, as before
+        sys.exit(exc.exit_code)
+    except clicks.ClickException as exc:  # a bad option, argument or command name
+        command = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) is not None else ""
+        typer.secho(f"error: {command}{exc.format_message()}", fg=typer.colors.RED, err=True)
+        sys.exit(EXIT_USAGE if isinstance(exc, clicks.UsageError) else exc.exit_code)
+    except (getattr(clicks, "Abort", typer.Abort), typer.Abort):
+        typer.secho("interrupted", fg=typer.colors.YELLOW, err=True)
+        sys.exit(130)
     except AgetoolError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.secho("interrupted", fg=typer.colors.YELLOW, err=True)
         sys.exit(130)
+    # without standalone mode click returns the code of a typer.Exit (serve's) instead of exiting
+    sys.exit(outcome if isinstance(outcome, int) else 0)
 
 
 if __name__ == "__main__":

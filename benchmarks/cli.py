@@ -62,6 +62,7 @@ def bench(
     from agetool.benchmarks.bench import BenchConfig, run_bench
     from agetool.benchmarks.report import results_table
     from agetool.benchmarks.timing import TimingPlan
+    from agetool.validation import option_error
 
     try:
         timing = TimingPlan(warmup_runs=warmup, min_runs=min_runs, min_seconds=min_seconds)
@@ -72,11 +73,7 @@ def bench(
             e2e=None if e2e.lower() == "none" else e2e, detector=detector, floor=floor, out=out,
         )
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in first["loc"])
-        option = {"min_runs": "--min-runs", "min_seconds": "--min-seconds", "warmup_runs": "--warmup",
-                  "limit": "--limit", "threads": "--threads"}.get(field, f"--{field.replace('_', '-')}")
-        raise AgetoolError(f"{option}: {first['msg']}") from None
+        raise option_error(exc, {"warmup_runs": "--warmup", "batches": "--batch"}) from None
     report = run_bench(config)
     typer.echo(results_table(report))
     typer.echo(f"report: {out / 'report.md'}")

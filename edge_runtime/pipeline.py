@@ -36,6 +36,8 @@ def load_model(path: Path | None, providers: str = "auto", intra_op_threads: int
                 f"pass --model PATH (an .onnx from `agetool export`) or set ${ENV_MODEL}"
             )
         raise AgetoolError(f"model {resolved}: file not found")
+    if resolved.suffix != ".onnx":
+        raise AgetoolError(f"model {resolved}: the runtime needs an exported .onnx (agetool export {resolved.name})")
     model = OnnxAgeModel(resolved, providers=providers, intra_op_threads=intra_op_threads)
     started = time.perf_counter()
     model.warm_up()
@@ -115,14 +117,13 @@ def _policy(policy_age_years: float | None, buffer_years: float | None):
     from pydantic import ValidationError
 
     from agetool.edge_runtime.config import PolicyConfig
+    from agetool.validation import option_error
 
     fields = {"policy_age_years": policy_age_years} if policy_age_years is not None else {}
     try:
         return PolicyConfig(buffer_years=buffer_years, **fields)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        option = {"policy_age_years": "--policy-age", "buffer_years": "--buffer"}.get(str(first["loc"][0]), "")
-        raise AgetoolError(f"{option} ({first['loc'][0]}): {first['msg']}") from None
+        raise option_error(exc, {"policy_age_years": "--policy-age", "buffer_years": "--buffer"}) from None
 
 
 def run_source(

@@ -31,6 +31,7 @@ from agetool.edge_runtime.analytics import SCHEMA as BAND_COUNTS_SCHEMA
 from agetool.edge_runtime.analytics import UPSERT as BAND_COUNTS_UPSERT
 from agetool.edge_runtime.analytics import hour_bucket
 from agetool.errors import AgetoolError
+from agetool.validation import describe, dotted
 
 log = logging.getLogger(__name__)
 
@@ -210,19 +211,16 @@ def parse_receipt(body: bytes) -> ReceiptIn:
     """Validate a request body; InvalidReceipt names the first bad field in one line."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, and int() of a 5,000-digit number
         raise InvalidReceipt(f"body: not valid JSON ({exc})") from None
+    except RecursionError:  # '[' * 1000: a receipt nests 3 deep, nothing legitimate gets near this
+        raise InvalidReceipt("body: JSON nested too deeply to be a receipt") from None
     if not isinstance(data, dict):
         raise InvalidReceipt("body: expected a JSON object with receipt_id, total and optional items")
     try:
         return ReceiptIn.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        first = errors[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise InvalidReceipt(f"{where}: {message}{more}") from None
+        raise InvalidReceipt(describe(exc, lambda loc: dotted(loc) or "body")) from None
 
 
 # --- Which band a receipt gets ------------------------------------------------------------------

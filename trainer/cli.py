@@ -9,8 +9,6 @@ from typing import List, Optional
 
 import typer
 
-from agetool.errors import ConfigError
-
 data_app = typer.Typer(help="Inspect and split face data sets.", no_args_is_help=True)
 
 DATA_DIRS_HELP = "Face data folders: seeds' layout (labels.csv + final_files/) or APPA-REAL."
@@ -103,7 +101,7 @@ def train(
     early_stop_patience: int = typer.Option(10, "--early-stop-patience", help="Epochs without a better val MAE before stopping."),
 ) -> None:
     """Train an age model (ResNet50 by default) and save model.keras + model_card.json."""
-    from agetool.trainer.train import train as run_training
+    from agetool.extras import keras_modules, require_modules
 
     config = make_train_config(
         data_dirs=data_dirs,
@@ -125,6 +123,9 @@ def train(
         checkpoint_every=checkpoint_every,
         early_stop_patience=early_stop_patience,
     )
+    require_modules("agetool train", keras_modules())
+    from agetool.trainer.train import train as run_training
+
     result = run_training(config)
     console = _console()
     console.print(f"model: {result.model_path}")
@@ -148,18 +149,16 @@ TRAIN_OPTION_NAMES = {
 
 
 def make_train_config(**fields):
-    """TrainConfig from CLI values; a bad value becomes one ConfigError line naming the option."""
+    """TrainConfig from CLI values; a bad value is bad usage: one line naming the option, exit 2."""
     from pydantic import ValidationError
 
     from agetool.trainer.train import TrainConfig
+    from agetool.validation import option_error
 
     try:
         return TrainConfig(**fields)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "config"
-        option = TRAIN_OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
-        raise ConfigError(f"{option}: {first['msg']} (got {first.get('input')!r})") from None
+        raise option_error(exc, TRAIN_OPTION_NAMES) from None
 
 
 def evaluate(
@@ -174,7 +173,9 @@ def evaluate(
     ),
     labels: Optional[Path] = typer.Option(None, "--labels", help="CSV with file_name,real_age for --images."),
     split_file: Optional[Path] = typer.Option(None, "--split", help="Split file: evaluate only --subset of it."),
-    subset: Optional[str] = typer.Option(None, "--subset", help="val | test (default test with --split)."),
+    subset: Optional[str] = typer.Option(
+        None, "--subset", help="train | val | test of the split (default test with --split; train only to see overfitting)."
+    ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
     predictions_out: Optional[Path] = typer.Option(
         None, "--predictions", help="Write per-image real and estimated ages (CSV) here."
@@ -186,6 +187,10 @@ def evaluate(
     workers: int = typer.Option(4, "--workers", min=1, max=64, help="Decoding threads."),
 ) -> None:
     """Score a model's age estimates: MAE, RMSE, per-band error, Challenge-25 rates."""
+    if model is not None and model.suffix == ".keras":
+        from agetool.extras import keras_modules, require_modules
+
+        require_modules("agetool evaluate --model *.keras", keras_modules())
     from agetool.trainer.evaluate import default_model_or_error, evaluate_folder, report_table
 
     report = evaluate_folder(

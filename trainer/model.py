@@ -16,8 +16,8 @@ from keras import layers, ops
 from agetool.contract import INPUT_NAME, OUTPUT_NAME
 from agetool.errors import AgetoolError
 from agetool.paths import ENV_IMAGENET_WEIGHTS
+from agetool.trainer.backbones import BACKBONES, MIN_INPUT_SIZE
 
-BACKBONES = ("resnet50", "xception", "mobilenetv3", "mobilenetv3small")
 MODEL_NAME = "age_model"
 # The mean age of the training data is a far better first guess than 0: with a ReLU output a
 # head that starts near 0 can die before it learns anything.
@@ -30,7 +30,6 @@ IMAGENET_NOTOP_FILES = {
     "mobilenetv3": "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
     "mobilenetv3small": "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
 }
-MIN_INPUT_SIZE = {"resnet50": 32, "xception": 71, "mobilenetv3": 32, "mobilenetv3small": 32}
 
 
 @keras.saving.register_keras_serializable(package="agetool")

@@ -17,12 +17,13 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from agetool import __version__
 from agetool.errors import AgetoolError
 from agetool.paths import runs_dir
 from agetool.trainer import data as data_mod
+from agetool.trainer.backbones import BACKBONES, MIN_INPUT_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,22 @@ class TrainConfig(BaseModel):
     max_train_seconds: float | None = Field(None, gt=0, description="Stop after the epoch that crosses this wall time.")
     workers: int = Field(4, ge=1, le=64)
     verbose: int = Field(2, ge=0, le=2)
+
+    # Checked here, before Keras and TensorFlow load, so a typo fails in a fraction of a second.
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        if value not in BACKBONES:
+            raise ValueError(f"{value!r} is not one of {', '.join(BACKBONES)}")
+        return value
+
+    @field_validator("input_size")
+    @classmethod
+    def _big_enough_for_backbone(cls, value: int, info: ValidationInfo) -> int:
+        backbone = info.data.get("backbone")
+        if backbone in MIN_INPUT_SIZE and value < MIN_INPUT_SIZE[backbone]:
+            raise ValueError(f"{backbone} needs at least {MIN_INPUT_SIZE[backbone]} px, got {value}")
+        return value
 
 
 class TrainResult(BaseModel):
