@@ -9,7 +9,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -17,6 +17,9 @@ from agetool.contract import DEFAULT_POLICY_AGE_YEARS, Challenge25Policy
 from agetool.errors import AgetoolError, ConfigError
 from agetool.paths import default_detector_path, default_model_path
 from agetool.validation import describe, first_problem
+
+if TYPE_CHECKING:
+    from agetool.edge_runtime.http_limits import HttpLimits
 
 LANE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 ENV_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -139,6 +142,25 @@ class ApiConfig(Section):
         262144, ge=1024, le=16 * 1024 * 1024,
         description="Largest request body accepted (a receipt with its items); larger ones get 413.",
     )
+    max_connections: int = Field(
+        256, ge=8, le=65536,
+        description="Most open API connections; past it the longest-idle one is closed. Lowered to fit the "
+        "open-file limit (LimitNOFILE) with room for the cameras and files.",
+    )
+    head_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="A request head must arrive within this many seconds of connecting."
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="A request body must arrive within this many seconds of its head."
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, ge=1, le=300, description="An idle keep-alive connection is closed after this many seconds."
+    )
+
+    def http_limits(self) -> "HttpLimits":
+        from agetool.edge_runtime.http_limits import HttpLimits
+
+        return HttpLimits(self.max_connections, self.head_timeout_s, self.body_timeout_s, self.keep_alive_timeout_s)
 
     @model_validator(mode="after")
     def _token_when_exposed(self) -> "ApiConfig":
