@@ -5,6 +5,7 @@ calls one library function. Heavy imports (TensorFlow, ONNX Runtime) happen insi
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
@@ -44,6 +45,29 @@ def _root(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:
+        quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Other libraries' chatter off unless --verbose: TensorFlow's C++ INFO/WARNING lines (oneDNN,
+    absl, CPU features) on every TensorFlow command, matplotlib's font-cache INFO lines in reports."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name in ("matplotlib", "PIL", "absl", "h5py"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _no_type_beside_flags() -> None:
+    """typer 0.2x prints `<bool>` beside every on/off flag in --help (`--demo <bool>`), which reads
+    as if the flag took a value; flags show no type."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
+        return None if getattr(self, "is_flag", False) and not getattr(self, "metavar", None) else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
 
 
 app.add_typer(trainer_cli.data_app, name="data")
@@ -70,6 +94,7 @@ def main() -> None:
     and no traceback; a bad option or argument (click's or ours) exits 2, a bad configuration
     file 78 (ConfigError)."""
     clicks = _click_exceptions()
+    _no_type_beside_flags()
     try:
         outcome = app(prog_name="agetool", standalone_mode=False)
     except clicks.NoArgsIsHelpError as exc:

@@ -28,7 +28,8 @@ def bench(
     models: List[Path] = typer.Option(
         ..., "--models", help="ONNX files from `agetool export`: --models A.onnx B_fp16.onnx C_int8.onnx."
     ),
-    more_models: Optional[List[Path]] = typer.Argument(None, hidden=True, metavar=""),
+    # `--models a.onnx b.onnx`: the files after the first arrive here (typer options take one value)
+    more_models: Optional[List[Path]] = typer.Argument(None, hidden=True, metavar="MODEL"),
     keras: Optional[Path] = typer.Option(None, "--keras", help="The .keras source model: TensorFlow baseline rows."),
     images: Optional[list[Path]] = typer.Option(
         None, "--images", help="Labelled faces for MAE: a data folder (labels.csv inside) or a folder with --labels; repeat for several data folders split as one set."
@@ -74,6 +75,11 @@ def bench(
         )
     except ValidationError as exc:
         raise option_error(exc, {"warmup_runs": "--warmup", "batches": "--batch"}) from None
+    if keras is not None:
+        from agetool.extras import import_keras_quietly, keras_modules, require_modules
+
+        require_modules("agetool bench --keras", keras_modules())
+        import_keras_quietly()
     report = run_bench(config)
     typer.echo(results_table(report))
     typer.echo(f"report: {out / 'report.md'}")

@@ -34,8 +34,8 @@ def inspect(
     summary = inspect_data(data_dirs, out_dir=out, workers=workers, show_progress=True)
     console = _console()
     console.print(summary_table(summary))
-    for name, path in summary.outputs.items():
-        console.print(f"wrote {name}: {path}")
+    for path in summary.outputs.values():
+        console.print(f"wrote {path}")
 
 
 @data_app.command("split")
@@ -101,7 +101,7 @@ def train(
     early_stop_patience: int = typer.Option(10, "--early-stop-patience", help="Epochs without a better val MAE before stopping."),
 ) -> None:
     """Train an age model (ResNet50 by default) and save model.keras + model_card.json."""
-    from agetool.extras import keras_modules, require_modules
+    from agetool.extras import import_keras_quietly, keras_modules, require_modules
 
     config = make_train_config(
         data_dirs=data_dirs,
@@ -124,6 +124,7 @@ def train(
         early_stop_patience=early_stop_patience,
     )
     require_modules("agetool train", keras_modules())
+    import_keras_quietly()
     from agetool.trainer.train import train as run_training
 
     result = run_training(config)
@@ -188,9 +189,10 @@ def evaluate(
 ) -> None:
     """Score a model's age estimates: MAE, RMSE, per-band error, Challenge-25 rates."""
     if model is not None and model.suffix == ".keras":
-        from agetool.extras import keras_modules, require_modules
+        from agetool.extras import import_keras_quietly, keras_modules, require_modules
 
         require_modules("agetool evaluate --model *.keras", keras_modules())
+        import_keras_quietly()
     from agetool.trainer.evaluate import default_model_or_error, evaluate_folder, report_table
 
     report = evaluate_folder(
