@@ -132,8 +132,12 @@ def train(
     console.print(f"model: {result.model_path}")
     console.print(f"card: {result.card_path}")
     console.print(
-        f"best val MAE {result.best_val_mae:.2f} years after {result.epochs_run} epochs, {result.wall_time_s:.0f} s"
+        f"best val MAE {result.best_val_mae:.2f} years after {result.epochs_run} epochs, {result.wall_time_s:.0f} s "
+        f"(answering the median age to everyone: {result.baseline_val_mae:.2f})"
     )
+    if result.learned_nothing:
+        typer.secho("warning: no better than answering the median age to everyone: do not export this model",
+                    fg=typer.colors.YELLOW, err=True)
 
 
 # TrainConfig field -> the option that sets it, for one-line error messages.

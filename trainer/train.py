@@ -85,6 +85,19 @@ class TrainResult(BaseModel):
     best_val_mae: float
     epochs_run: int
     wall_time_s: float
+    baseline_val_mae: float = Field(description="Val MAE of answering one age (the training median) to everyone.")
+
+    @property
+    def learned_nothing(self) -> bool:
+        """No better than the constant guess (or no finite val MAE at all): a model that tells
+        every shopper the same age, which the daemon would then ask for ID across the board."""
+        return not np.isfinite(self.best_val_mae) or self.best_val_mae >= self.baseline_val_mae
+
+
+def constant_baseline_mae(train_ages: np.ndarray, val_ages: np.ndarray) -> float:
+    """The validation MAE of answering the median training age for every face: the best any
+    constant does under MAE (a bit better than the mean), so the bar a model must clear."""
+    return float(np.mean(np.abs(val_ages - float(np.median(train_ages)))))
 
 
 # --- Environment -------------------------------------------------------------------------------
@@ -446,6 +459,7 @@ def train(config: TrainConfig) -> TrainResult:
             epoch, best = _fit_stage(config, run_dir, train_model, inner, train_inputs, val_inputs,
                                      "fine-tune", epoch, config.epochs, best, wall_clock)
 
+    baseline = constant_baseline_mae(y_train, y_val)
     best_path = run_dir / BEST_CHECKPOINT
     final = load_keras_model(best_path) if best_path.is_file() else inner
     final = _float32_copy(final, config)
@@ -474,17 +488,26 @@ def train(config: TrainConfig) -> TrainResult:
         "augment": config.augment,
         "mixed_precision": mixed,
         "best_val_mae": best if np.isfinite(best) else None,
+        "baseline_val_mae": round(baseline, 3),
         "wall_time_s": round(wall_time_s, 1),
         "machine": machine_description(),
         "run_dir": str(run_dir),
     }
     card_path = config.out_dir / "model_card.json"
     _write_json(card_path, card)
-    return TrainResult(
+    result = TrainResult(
         model_path=model_path,
         card_path=card_path,
         split_path=split_path,
         best_val_mae=best if np.isfinite(best) else float("nan"),
         epochs_run=epoch,
         wall_time_s=round(wall_time_s, 1),
+        baseline_val_mae=baseline,
     )
+    if result.learned_nothing:
+        log.warning(
+            "best val MAE %.2f is no better than answering the median training age to everyone (%.2f): "
+            "this model has learned nothing useful; train longer, on more images or with a higher --lr",
+            result.best_val_mae, baseline,
+        )
+    return result
