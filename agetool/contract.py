@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agetool.errors import AgetoolError
+from agetool.validation import describe, dotted
 
 # --- Preprocessing --------------------------------------------------------------------------
 # A model takes NHWC float32 RGB pixels in 0..255; the backbone's own normalisation is a layer
@@ -301,5 +302,5 @@ class ModelMetadata(BaseModel):
         known = set(cls.model_fields)
         try:
             return cls.model_validate({k: v for k, v in ours.items() if k in known})
-        except ValueError as exc:  # pydantic.ValidationError is a ValueError
-            raise AgetoolError(f"{source}: bad agetool metadata: {exc}") from None
+        except ValidationError as exc:
+            raise AgetoolError(describe(exc, lambda loc: f"{source}: agetool metadata {METADATA_PREFIX}{dotted(loc)}")) from None

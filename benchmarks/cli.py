@@ -28,7 +28,8 @@ def bench(
     models: List[Path] = typer.Option(
         ..., "--models", help="ONNX files from `agetool export`: --models A.onnx B_fp16.onnx C_int8.onnx."
     ),
-    more_models: Optional[List[Path]] = typer.Argument(None, hidden=True, metavar=""),
+    # `--models a.onnx b.onnx`: the files after the first arrive here (typer options take one value)
+    more_models: Optional[List[Path]] = typer.Argument(None, hidden=True, metavar="MODEL"),
     keras: Optional[Path] = typer.Option(None, "--keras", help="The .keras source model: TensorFlow baseline rows."),
     images: Optional[list[Path]] = typer.Option(
         None, "--images", help="Labelled faces for MAE: a data folder (labels.csv inside) or a folder with --labels; repeat for several data folders split as one set."
@@ -65,6 +66,7 @@ def bench(
     from agetool.benchmarks.bench import BenchConfig, run_bench
     from agetool.benchmarks.report import results_table
     from agetool.benchmarks.timing import TimingPlan
+    from agetool.validation import option_error
 
     try:
         timing = TimingPlan(warmup_runs=warmup, min_runs=min_runs, min_seconds=min_seconds)
@@ -76,11 +78,12 @@ def bench(
             daemon_seconds=daemon_seconds,
         )
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in first["loc"])
-        option = {"min_runs": "--min-runs", "min_seconds": "--min-seconds", "warmup_runs": "--warmup",
-                  "limit": "--limit", "threads": "--threads"}.get(field, f"--{field.replace('_', '-')}")
-        raise AgetoolError(f"{option}: {first['msg']}") from None
+        raise option_error(exc, {"warmup_runs": "--warmup", "batches": "--batch"}) from None
+    if keras is not None:
+        from agetool.extras import import_keras_quietly, keras_modules, require_modules
+
+        require_modules("agetool bench --keras", keras_modules())
+        import_keras_quietly()
     report = run_bench(config)
     typer.echo(results_table(report))
     typer.echo(f"report: {out / 'report.md'}")

@@ -7,18 +7,26 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import threading
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from agetool import __version__
 from agetool.edge_runtime.config import is_loopback
 from agetool.edge_runtime.decide import Decision
-from agetool.edge_runtime.receipts import InvalidReceipt, ReceiptConflict, ReceiptIn, StoreUnavailable, parse_receipt
+from agetool.edge_runtime.http_limits import (
+    ConnectionGuard, HttpLimits, connection_budget, guarded_protocol_class, limit_repeats, listening_socket,
+    raise_nofile_limit,
+)
+from agetool.edge_runtime import openapi_doc
+from agetool.edge_runtime.receipts import InvalidReceipt, ReceiptConflict, StoreUnavailable, parse_receipt
 from agetool.errors import AgetoolError
 
 if TYPE_CHECKING:
@@ -83,6 +91,12 @@ def create_app(daemon: "Daemon", bearer_token: str | None = None) -> "FastAPI":
         return JSONResponse(status_code=503, content={"detail": f"receipt not stored, retry: {exc}"},
                             headers={"Retry-After": "1"})
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_left(request: Request, _exc: ClientDisconnect) -> Response:
+        # Not our error: one line, no traceback (and nobody to answer).
+        log.info("api: client left %s %s before sending the whole body", request.method, request.url.path)
+        return Response(status_code=400)
+
     @app.exception_handler(UnknownLane)
     async def _unknown_lane(_request: Request, exc: UnknownLane) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": f"unknown lane {exc.args[0]!r}",
@@ -128,48 +142,85 @@ def create_app(daemon: "Daemon", bearer_token: str | None = None) -> "FastAPI":
         "with the same body, 409 when the id was stored with a different lane, total or items, 422 for "
         "a bad body, 413 for one over api.max_body_bytes. Band 'unknown' when no face is in view or the "
         "estimate is too uncertain (see docs/privacy.md). 'compliance' holds the receipt's outcome "
-        "(checked, not_required, violation, no_face, not_restricted; null with compliance off).",
-        openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": ReceiptIn.model_json_schema()}}}},
-        responses={200: {"description": "A retry: the record stored the first time."},
-                   409: {"description": "receipt_id already stored with a different body."},
-                   422: {"description": "The body is not a valid receipt."}},
+        "(checked, not_required, violation, no_face, not_restricted; null with compliance off). The body "
+        "must be sent as application/json (415 otherwise). Answers and body schema: see openapi_doc.py.",
     )
     async def receipts(lane: str, request: Request) -> JSONResponse:
         if lane not in daemon.lanes:
             raise UnknownLane(lane)
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            # A web page in a browser on the till may POST text/plain or a form anywhere without a
+            # CORS preflight; requiring JSON shuts that door.
+            return JSONResponse(status_code=415, content={
+                "detail": f"Content-Type {media_type or '(none)'}: expected application/json"})
         receipt = parse_receipt(await request.body())
         sale = await run_in_threadpool(daemon.record_sale, lane, receipt)
         compliance = sale.compliance.to_api() if sale.compliance is not None else None
         return JSONResponse(status_code=201 if sale.created else 200,
                             content={**sale.receipt.to_api(), "created": sale.created, "compliance": compliance})
 
+    openapi_doc.install(app, [lane.name for lane in daemon.config.lanes], secured=token is not None)
     return app
 
 
 class ApiServer:
-    """uvicorn in a background thread; refuses a non-loopback bind without a token."""
+    """uvicorn in a background thread; refuses a non-loopback bind without a token.
 
-    def __init__(self, app: Any, host: str, port: int, bearer_token: str | None) -> None:
+    bind() takes the port before the daemon starts anything else, so a port in use fails the start
+    with nothing opened or written; start() then serves on that socket."""
+
+    def __init__(self, app: Any, host: str, port: int, bearer_token: str | None,
+                 limits: HttpLimits | None = None) -> None:
         import uvicorn
 
         if not is_loopback(host) and not bearer_token:
             raise AgetoolError(f"api.host {host}: not loopback, so api.bearer_token is required; refusing to start")
         self.host = host
         self.port = port
+        limits = limits or HttpLimits()
+        budget = connection_budget(limits.max_connections, raise_nofile_limit())
+        if budget < limits.max_connections:
+            log.warning("api: the open-file limit allows %d connections, not api.max_connections %d "
+                        "(raise LimitNOFILE)", budget, limits.max_connections)
+        self.limits = replace(limits, max_connections=budget)
+        self.guard = ConnectionGuard(self.limits)
+        # asyncio logs each refused accept with a traceback, uvicorn each bad request: once per 10 s
+        limit_repeats(("asyncio", "uvicorn.error", "agetool.edge_runtime.http_limits"))
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                lifespan="off", server_header=False)
+                                lifespan="off", server_header=False, http=guarded_protocol_class(self.limits, self.guard),
+                                timeout_keep_alive=max(1, round(self.limits.keep_alive_timeout_s)))
         self._server = uvicorn.Server(config)
+        self._socket: socket.socket | None = None
         self._thread = threading.Thread(target=self._serve, name="api", daemon=True)
         self._failed: BaseException | None = None
 
+    def bind(self) -> None:
+        """Take the address now; AgetoolError when it is in use or not local."""
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
+            sock = listening_socket(family, kind, proto, self.guard)
+        except OSError as exc:
+            raise AgetoolError(f"api: cannot listen on {self.host}:{self.port} ({exc})") from None
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            raise AgetoolError(f"api: cannot listen on {self.host}:{self.port} "
+                               f"({exc.strerror or exc}; is another agetool serve running?)") from None
+        self.port = sock.getsockname()[1]
+        self._socket = sock
+
     def _serve(self) -> None:
         try:
-            self._server.run()
+            self._server.run(sockets=[self._socket] if self._socket is not None else None)
         except SystemExit as exc:  # uvicorn exits this way when it cannot bind
             self._failed = exc
 
     def start(self, timeout_s: float = 15.0) -> None:
+        if self._socket is None:
+            self.bind()
         self._thread.start()
         deadline = time.monotonic() + timeout_s
         while not self._server.started:
@@ -185,3 +236,5 @@ class ApiServer:
         self._server.should_exit = True
         if self._thread.ident is not None:
             self._thread.join(10.0)
+        if self._socket is not None:
+            self._socket.close()

@@ -9,13 +9,17 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agetool.contract import DEFAULT_POLICY_AGE_YEARS, Challenge25Policy
-from agetool.errors import ConfigError
+from agetool.errors import AgetoolError, ConfigError
 from agetool.paths import default_detector_path, default_model_path
+from agetool.validation import describe, first_problem
+
+if TYPE_CHECKING:
+    from agetool.edge_runtime.http_limits import HttpLimits
 
 LANE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 ENV_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -160,6 +164,25 @@ class ApiConfig(Section):
         262144, ge=1024, le=16 * 1024 * 1024,
         description="Largest request body accepted (a receipt with its items); larger ones get 413.",
     )
+    max_connections: int = Field(
+        256, ge=8, le=65536,
+        description="Most open API connections; past it the longest-idle one is closed. Lowered to fit the "
+        "open-file limit (LimitNOFILE) with room for the cameras and files.",
+    )
+    head_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="A request head must arrive within this many seconds of connecting."
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="A request body must arrive within this many seconds of its head."
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, ge=1, le=300, description="An idle keep-alive connection is closed after this many seconds."
+    )
+
+    def http_limits(self) -> "HttpLimits":
+        from agetool.edge_runtime.http_limits import HttpLimits
+
+        return HttpLimits(self.max_connections, self.head_timeout_s, self.body_timeout_s, self.keep_alive_timeout_s)
 
     @model_validator(mode="after")
     def _token_when_exposed(self) -> "ApiConfig":
@@ -382,24 +405,32 @@ def _expand_env(value: Any, loc: tuple[Any, ...], where: str, lines: dict[tuple[
     return ENV_PLACEHOLDER.sub(substitute, value)
 
 
-def parse_config(data: Any, where: str = "config", lines: dict[tuple[Any, ...], int] | None = None) -> DaemonConfig:
-    """Validate a mapping (already env-expanded) into a DaemonConfig; errors name key and line."""
+def parse_config(
+    data: Any,
+    where: str = "config",
+    lines: dict[tuple[Any, ...], int] | None = None,
+    options: dict[tuple[str, str], str] | None = None,
+) -> DaemonConfig:
+    """Validate a mapping (already env-expanded) into a DaemonConfig; errors name key and line.
+
+    `options` maps the keys that a command-line option set to that option: a bad value there is
+    bad usage (exit 2, naming the option), not a bad configuration file (exit 78)."""
     lines = lines or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of sections (lanes, model, ...), got {type(data).__name__}")
     try:
         return DaemonConfig.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        first = errors[0]
-        loc = tuple(part for part in first["loc"] if not (isinstance(part, str) and part in ("int", "str")))
-        line = _line_of(lines, loc)
-        at = f" line {line}" if line else ""
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "unknown key"
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise ConfigError(f"{where}{at}: {_dotted(loc)}: {message}{more}") from None
+        loc = first_problem(exc).loc
+        option = (options or {}).get(loc[:2])  # type: ignore[arg-type]
+        if option is not None:
+            raise AgetoolError(describe(exc, lambda _loc: option)) from None
+
+        def key_and_line(loc: tuple[Any, ...]) -> str:
+            line = _line_of(lines, loc)
+            return f"{where}{f' line {line}' if line else ''}: {_dotted(loc)}"
+
+        raise ConfigError(describe(exc, key_and_line, unknown_key="unknown key")) from None
 
 
 def _read_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
@@ -464,13 +495,22 @@ def build_serve_config(
         ("model", "path"): model, ("model", "providers"): providers, ("detector", "path"): detector,
         ("model", "runtime"): runtime,
     }
+    given = {}
     for (section, key), value in overrides.items():
         if value is not None:
             existing = data.get(section)
             data[section] = {**(existing if isinstance(existing, dict) else {}), key: value}
-    config = parse_config(data, where, lines)
+            given[(section, key)] = SERVE_OPTIONS[(section, key)]
+    config = parse_config(data, where, lines, options=given)
     check_files(config, where, lines)
     return config
+
+
+# The config key each `agetool serve` option sets.
+SERVE_OPTIONS = {
+    ("api", "host"): "--host", ("api", "port"): "--port", ("api", "bearer_token"): "--token",
+    ("model", "path"): "--model", ("model", "providers"): "--providers", ("detector", "path"): "--detector",
+}
 
 
 def _source_value(source: str) -> int | str:

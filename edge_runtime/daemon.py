@@ -208,12 +208,20 @@ class Daemon:
             log.info("lane %s: source %s at <= %.1f fps", lane_cfg.name, mask_url(lane_cfg.source), lane_cfg.fps)
 
     def start(self) -> None:
+        """Port first, then model and lanes, then the files: a start that fails (port in use, bad
+        model) has opened no camera and written no event, count or database."""
+        from agetool.edge_runtime.api import ApiServer, create_app
+
         cfg = self.config
         if cfg.debug_save_crops:
             log.warning(
                 "DEBUG: debug_save_crops is ON: face crops are written to %s. Never leave this on in a store.",
                 cfg.debug_crops_dir,
             )
+        self.api_server = ApiServer(create_app(self), cfg.api.host, cfg.api.port, cfg.api.bearer_token,
+                                    cfg.api.http_limits())
+        self.api_server.bind()
+        self.prepare()
         self.events = EventSink(
             cfg.events.jsonl, cfg.events.webhook_url, cfg.events.webhook_timeout_s,
             cfg.events.webhook_max_retries, cfg.events.webhook_backoff_s,
@@ -225,7 +233,6 @@ class Daemon:
             compliance_retention_days=cfg.compliance.retention_days,
         )
         self.analytics = BandAnalytics(cfg.analytics.sqlite_path, cfg.analytics.flush_interval_s, writer=self.store)
-        self.prepare()
         if cfg.compliance.enabled:
             self.compliance = ComplianceRules.from_config(cfg.compliance, self.policy)
             if self.compliance.cashier_key is None:
@@ -243,11 +250,19 @@ class Daemon:
             [lane.reader for lane in self.lanes.values()], cfg.capture.stall_timeout_s, cfg.capture.watchdog_interval_s
         )
         self._watchdog.start()
-        from agetool.edge_runtime.api import ApiServer, create_app
-
-        self.api_server = ApiServer(create_app(self), cfg.api.host, cfg.api.port, cfg.api.bearer_token)
         self.api_server.start()
         log.info("agetool daemon serving on http://%s:%d (%d lane(s))", cfg.api.host, self.api_server.port, len(self.lanes))
+        self._report_offline_lanes()
+
+    def _report_offline_lanes(self, wait_s: float = 5.0) -> None:
+        """Say at start which lanes have no source (a wrong path would otherwise only show in /v1/lanes)."""
+        deadline = time.monotonic() + wait_s
+        for lane in self.lanes.values():
+            lane.reader.first_attempt.wait(max(0.0, deadline - time.monotonic()))
+        offline = [f"{name} ({lane.reader.state.last_error or 'not open yet'})"
+                   for name, lane in self.lanes.items() if not lane.reader.state.online]
+        if offline:
+            log.warning("%d of %d lane(s) offline at start: %s", len(offline), len(self.lanes), "; ".join(offline))
 
     def start_processing(self) -> None:
         """Only the processing thread (the bench feeds lane queues itself)."""

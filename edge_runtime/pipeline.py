@@ -41,7 +41,7 @@ def load_model(
             )
         raise AgetoolError(f"model {resolved}: file not found")
     if resolved.suffix != ".onnx":
-        raise AgetoolError(f"model {resolved}: the runtime takes an .onnx from `agetool export`")
+        raise AgetoolError(f"model {resolved}: the runtime needs an exported .onnx (agetool export {resolved.name})")
     model = open_age_model(resolved, runtime, providers, intra_op_threads)
     started = time.perf_counter()
     model.warm_up()
@@ -112,14 +112,13 @@ def _policy(policy_age_years: float | None, buffer_years: float | None):
     from pydantic import ValidationError
 
     from agetool.edge_runtime.config import PolicyConfig
+    from agetool.validation import option_error
 
     fields = {"policy_age_years": policy_age_years} if policy_age_years is not None else {}
     try:
         return PolicyConfig(buffer_years=buffer_years, **fields)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        option = {"policy_age_years": "--policy-age", "buffer_years": "--buffer"}.get(str(first["loc"][0]), "")
-        raise AgetoolError(f"{option} ({first['loc'][0]}): {first['msg']}") from None
+        raise option_error(exc, {"policy_age_years": "--policy-age", "buffer_years": "--buffer"}) from None
 
 
 def run_source(

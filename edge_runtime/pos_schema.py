@@ -8,40 +8,71 @@ from __future__ import annotations
 import hashlib
 import json
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, WithJsonSchema,
+)
 
 from agetool.errors import AgetoolError
+from agetool.validation import describe, dotted
 
 ID_CHECK_PERFORMED = "performed"
 ID_CHECK_NOT_PERFORMED = "not_performed"
+
+# The schema /openapi.json publishes and the validation below must agree (schemathesis checks it):
+# names are 1-64 characters with at least one that is not ASCII whitespace, trimmed of ASCII
+# whitespace when stored; a number is a JSON number, never a string or a boolean.
+ASCII_WHITESPACE = " \t\n\r\f\v"
+NOT_BLANK_PATTERN = r"[^ \t\n\r\f\v]"
+TOTAL_SCHEMA = {"type": "number", "minimum": 0, "maximum": 10_000_000, "multipleOf": 0.01}
+
+
+def _trimmed_not_blank(value: str) -> str:
+    trimmed = value.strip(ASCII_WHITESPACE)
+    if not trimmed:
+        raise ValueError("expected some text, got only whitespace")
+    return trimmed
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, (str, bool)):
+        raise ValueError("expected a JSON number")
+    # repr is the shortest text that reads back as this float: 12.3 stays 12.3, not 12.2999...
+    return Decimal(repr(value)) if isinstance(value, float) else value
+
+
+ItemName = Annotated[
+    str, StringConstraints(min_length=1, max_length=64), AfterValidator(_trimmed_not_blank),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 64, "pattern": NOT_BLANK_PATTERN}),
+]
+Total = Annotated[Decimal, BeforeValidator(_json_number), WithJsonSchema(TOTAL_SCHEMA)]
 
 
 class ReceiptItem(BaseModel):
     """One line of the receipt."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
-    sku: str = Field(min_length=1, max_length=64, description="The POS's article number.")
-    category: str = Field(min_length=1, max_length=64, description="Product category (reports group by it).")
-    quantity: float = Field(gt=0, le=100000, allow_inf_nan=False, description="Units (or kg) bought.")
+    sku: ItemName = Field(description="The POS's article number.")
+    category: ItemName = Field(description="Product category (reports group by it).")
+    quantity: float = Field(gt=0, le=100000, allow_inf_nan=False, strict=True, description="Units (or kg) bought.")
 
 
 class ReceiptIn(BaseModel):
     """POST /v1/lanes/{lane}/receipts body."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
     receipt_id: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/#-]{0,127}$",
         description="The POS's unique receipt id (1-128 of A-Z a-z 0-9 _ . : / # -); posting it again is a no-op.",
     )
-    total: Decimal = Field(ge=0, le=10_000_000, max_digits=12, decimal_places=2,
-                           description="Receipt total in the till's currency (at most 2 decimals).")
+    total: Total = Field(ge=0, le=10_000_000, max_digits=12, decimal_places=2,
+                         description="Receipt total in the till's currency: a JSON number with at most 2 decimals.")
     items: list[ReceiptItem] | None = Field(None, max_length=2000, description="Item lines (optional).")
-    cashier_id: str | None = Field(
-        None, min_length=1, max_length=64,
+    cashier_id: ItemName | None = Field(
+        None,
         description="The POS's code of the cashier who rang the sale (optional); stored only as a keyed "
         "pseudonym (compliance.cashier_key), never in clear.",
     )
@@ -78,16 +109,13 @@ def parse_receipt(body: bytes) -> ReceiptIn:
     """Validate a request body; InvalidReceipt names the first bad field in one line."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, and int() of a 5,000-digit number
         raise InvalidReceipt(f"body: not valid JSON ({exc})") from None
+    except RecursionError:  # '[' * 1000: a receipt nests 3 deep, nothing legitimate gets near this
+        raise InvalidReceipt("body: JSON nested too deeply to be a receipt") from None
     if not isinstance(data, dict):
         raise InvalidReceipt("body: expected a JSON object with receipt_id, total and optional items")
     try:
         return ReceiptIn.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        first = errors[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise InvalidReceipt(f"{where}: {message}{more}") from None
+        raise InvalidReceipt(describe(exc, lambda loc: dotted(loc) or "body")) from None

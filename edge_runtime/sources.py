@@ -300,6 +300,8 @@ class LaneState:
 
 
 StatusCallback = Callable[[str, bool, str | None], None]
+# A source that keeps failing the same way is logged again after this long (not at every retry).
+OFFLINE_LOG_INTERVAL_S = 60.0
 
 
 class LaneReader:
@@ -332,6 +334,8 @@ class LaneReader:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"reader-{lane}", daemon=True)
         self._index = 0
+        self._offline_logged_s = -OFFLINE_LOG_INTERVAL_S
+        self.first_attempt = threading.Event()  # set at the first frame or the first failure
 
     def start(self) -> None:
         self._thread.start()
@@ -356,15 +360,20 @@ class LaneReader:
 
     def _set_online(self, online: bool, error: str | None) -> None:
         changed = self.state.online != online
+        previous_error = self.state.last_error
         self.state.online = online
         self.state.last_error = error
-        if changed:
-            if online:
-                log.info("lane %s online (%s)", self.lane, self.description)
-            else:
+        if online and changed:
+            log.info("lane %s online (%s)", self.lane, self.description)
+        elif not online and error is not None:
+            # A lane that never came up was silent here before (offline -> offline is no change);
+            # log every new error, and a source that keeps failing the same way once a minute.
+            now_s = time.monotonic()
+            if changed or error != previous_error or now_s - self._offline_logged_s >= OFFLINE_LOG_INTERVAL_S:
                 log.warning("lane %s offline: %s", self.lane, error)
-            if self._on_status is not None:
-                self._on_status(self.lane, online, error)
+                self._offline_logged_s = now_s
+        if changed and self._on_status is not None:
+            self._on_status(self.lane, online, error)
 
     def _open(self) -> FrameSource:
         source = self._source_factory(self.spec)
@@ -384,6 +393,7 @@ class LaneReader:
                     source = self._open()
                 except SourceError as exc:
                     self._set_online(False, mask_url(str(exc)))
+                    self.first_attempt.set()
                     self._stop.wait(backoff_s)
                     backoff_s = min(backoff_s * 2.0, self.backoff_max_s)
                     continue
@@ -397,6 +407,7 @@ class LaneReader:
             except SourceError as exc:
                 self._close_source()
                 self._set_online(False, mask_url(str(exc)))
+                self.first_attempt.set()
                 self._stop.wait(backoff_s)
                 backoff_s = min(backoff_s * 2.0, self.backoff_max_s)
                 continue
@@ -406,6 +417,7 @@ class LaneReader:
             self._index += 1
             self.state.note_frame(now_s)
             self._set_online(True, None)
+            self.first_attempt.set()
             backoff_s = self.backoff_initial_s
             next_due_s = max(next_due_s + self.period_s, now_s)
             self._stop.wait(max(0.0, next_due_s - time.monotonic()))

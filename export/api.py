@@ -22,6 +22,7 @@ from agetool.export import fp32 as fp32_mod
 from agetool.export import int8 as int8_mod
 from agetool.export.metadata import ModelCard, build_metadata, embed_metadata, read_model_card, split_from_card
 from agetool.export.verify import FIXED_BATCH_SIZE, Reference, Verification, keras_predict, random_batch, verify_file
+from agetool.validation import option_error
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,7 @@ def make_options(**values: Any) -> ExportOptions:
     try:
         return ExportOptions(**values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else "options"
-        raise AgetoolError(f"{flag(name)}: {first['msg']}") from None
+        raise option_error(exc) from None
 
 
 @dataclass(frozen=True)

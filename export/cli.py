@@ -35,6 +35,7 @@ def export(
 
     from agetool.export.api import export_model, make_options
     from agetool.export.summary import summary_table
+    from agetool.extras import import_keras_quietly, require_modules
 
     options = make_options(
         model=model, out=out, fp16=fp16, int8=int8, calib=calib, val=val, split=split,
@@ -42,6 +43,8 @@ def export(
         int8_activations=int8_activations, keep_head_float=keep_head_float, val_size=val_size,
         opset=opset, max_delta_mae=max_delta_mae, force=force, face_margin=face_margin,
     )
+    require_modules("agetool export", ("keras", "tensorflow", "tf2onnx"))
+    import_keras_quietly()
     report = export_model(options, console=Console(stderr=True))
     # Piped to a file or CI log, rich would wrap at 80 columns and fold the table.
     Console(width=None if sys.stdout.isatty() else 160).print(summary_table(report))

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from agetool import __version__
 from agetool.contract import ModelMetadata
 from agetool.errors import AgetoolError
+from agetool.validation import describe, dotted
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,7 @@ def read_model_card(model_path: Path) -> tuple[ModelCard, Path | None]:
     try:
         return ModelCard.model_validate(raw), path
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise AgetoolError(f"{path}: field {field}: {first['msg']}") from None
+        raise AgetoolError(describe(exc, lambda loc: f"{path}: field {dotted(loc)}")) from None
 
 
 def split_from_card(card: ModelCard, card_path: Path | None) -> Path | None:

@@ -132,7 +132,8 @@ def daemon_run(tmp_path_factory, shared_faces) -> DaemonRun:
             validation["no total"] = client.post("/v1/lanes/lane-a/receipts", json={"receipt_id": "X-1"})
             validation["bad quantity"] = client.post("/v1/lanes/lane-a/receipts", json={
                 "receipt_id": "X-2", "total": 1, "items": [{"sku": "1", "category": "beer", "quantity": -1}]})
-            validation["not json"] = client.post("/v1/lanes/lane-a/receipts", content=b"receipt=1")
+            validation["not json"] = client.post("/v1/lanes/lane-a/receipts", content=b"receipt=1",
+                                                 headers={"Content-Type": "application/json"})
             validation["too big"] = client.post("/v1/lanes/lane-a/receipts", content=b"{" + b" " * 300_000 + b"}")
             validation["no lane"] = client.post("/v1/lanes/lane-z/receipts", json=body(1))
         finally:

@@ -78,13 +78,17 @@ def test_bad_bodies_name_the_field():
         b'{"receipt_id": "r1", "total": -5}': "total: Input should be greater than or equal to 0",
         b'{"receipt_id": "r1", "total": 1, "age": 31}': "age: unknown field",
         b'{"receipt_id": "r1", "total": 1, "items": [{"sku": "1", "category": "beer"}]}': "items.0.quantity: Field required",
+        b"[" * 1000 + b"]" * 1000: "body: JSON nested too deeply",
+        b'{"receipt_id": "r1", "total": "12.30"}': "total: expected a JSON number",
+        b'{"receipt_id": "r1", "total": 1, "items": [{"sku": "\\t ", "category": "beer", "quantity": 1}]}':
+            "items.0.sku: expected some text",
     }
     for body, message in cases.items():
         with pytest.raises(InvalidReceipt) as caught:
             parse_receipt(body)
         assert str(caught.value).startswith(message), (body, str(caught.value))
         assert "\n" not in str(caught.value)
-    assert parse_receipt(b'{"receipt_id": "POS1:0042", "total": "12.30"}').total_cents == 1230
+    assert parse_receipt(b'{"receipt_id": "POS1:0042", "total": 12.30}').total_cents == 1230
 
 
 # --- one row per receipt -------------------------------------------------------------------------

@@ -61,3 +61,7 @@ def test_train_is_killed_and_resumes(tmp_path, small_face_folder):
     assert sorted(set(log_rows["epoch"])) == list(range(done + 1)) and len(log_rows) <= done + 2
     assert card["backbone"] == "mobilenetv3small" and card["input_size"] == 32 and card["weights"] == "none"
     assert (out / "model.keras").is_file() and (out / "split.csv").is_file()
+    assert card["baseline_val_mae"] > 0
+    assert "answering the median age to everyone" in " ".join(resumed.stdout.split())  # rich wraps at 80
+    if card["best_val_mae"] >= card["baseline_val_mae"]:  # a 24-face, 32 px run may well learn nothing
+        assert "warning: no better than answering the median age" in resumed.stderr

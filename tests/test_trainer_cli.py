@@ -127,11 +127,11 @@ def test_bad_input_is_one_red_line(small_face_folder, tiny_onnx_model, tmp_path)
 
 def test_train_options_are_checked_before_training(small_face_folder, tmp_path):
     out = tmp_path / "run"
-    line = assert_one_line_error(agetool("train", small_face_folder, "--out", out, "--epochs", "0"), expected_code=78)
+    line = assert_one_line_error(agetool("train", small_face_folder, "--out", out, "--epochs", "0"), expected_code=2)
     assert line.startswith("error: --epochs:")
-    line = assert_one_line_error(agetool("train", small_face_folder, "--out", out, "--loss", "hinge"), expected_code=78)
+    line = assert_one_line_error(agetool("train", small_face_folder, "--out", out, "--loss", "hinge"), expected_code=2)
     assert line.startswith("error: --loss:")
-    line = assert_one_line_error(agetool("train", small_face_folder, "--out", out, "--lr", "-1"), expected_code=78)
+    line = assert_one_line_error(agetool("train", small_face_folder, "--out", out, "--lr", "-1"), expected_code=2)
     assert line.startswith("error: --lr:")
     assert not out.exists()
 

@@ -9,8 +9,6 @@ from typing import List, Optional
 
 import typer
 
-from agetool.errors import ConfigError
-
 data_app = typer.Typer(help="Inspect and split face data sets.", no_args_is_help=True)
 
 DATA_DIRS_HELP = "Face data folders: seeds' layout (labels.csv + final_files/) or APPA-REAL."
@@ -36,8 +34,8 @@ def inspect(
     summary = inspect_data(data_dirs, out_dir=out, workers=workers, show_progress=True)
     console = _console()
     console.print(summary_table(summary))
-    for name, path in summary.outputs.items():
-        console.print(f"wrote {name}: {path}")
+    for path in summary.outputs.values():
+        console.print(f"wrote {path}")
 
 
 @data_app.command("split")
@@ -150,7 +148,7 @@ def train(
     views: int = typer.Option(2, "--views", help="Cached views per training face with --cache-features (1 clean + augmented)."),
 ) -> None:
     """Train an age model (ResNet50 by default) and save model.keras + model_card.json."""
-    from agetool.trainer.train import train as run_training
+    from agetool.extras import import_keras_quietly, keras_modules, require_modules
 
     config = make_train_config(
         data_dirs=data_dirs,
@@ -177,13 +175,21 @@ def train(
         trainable_from=trainable_from,
         views=views,
     )
+    require_modules("agetool train", keras_modules())
+    import_keras_quietly()
+    from agetool.trainer.train import train as run_training
+
     result = run_training(config)
     console = _console()
     console.print(f"model: {result.model_path}")
     console.print(f"card: {result.card_path}")
     console.print(
-        f"best val MAE {result.best_val_mae:.2f} years after {result.epochs_run} epochs, {result.wall_time_s:.0f} s"
+        f"best val MAE {result.best_val_mae:.2f} years after {result.epochs_run} epochs, {result.wall_time_s:.0f} s "
+        f"(answering the median age to everyone: {result.baseline_val_mae:.2f})"
     )
+    if result.learned_nothing:
+        typer.secho("warning: no better than answering the median age to everyone: do not export this model",
+                    fg=typer.colors.YELLOW, err=True)
 
 
 # TrainConfig field -> the option that sets it, for one-line error messages.
@@ -200,18 +206,16 @@ TRAIN_OPTION_NAMES = {
 
 
 def make_train_config(**fields):
-    """TrainConfig from CLI values; a bad value becomes one ConfigError line naming the option."""
+    """TrainConfig from CLI values; a bad value is bad usage: one line naming the option, exit 2."""
     from pydantic import ValidationError
 
     from agetool.trainer.train import TrainConfig
+    from agetool.validation import option_error
 
     try:
         return TrainConfig(**fields)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "config"
-        option = TRAIN_OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
-        raise ConfigError(f"{option}: {first['msg']} (got {first.get('input')!r})") from None
+        raise option_error(exc, TRAIN_OPTION_NAMES) from None
 
 
 def evaluate(
@@ -226,7 +230,9 @@ def evaluate(
     ),
     labels: Optional[Path] = typer.Option(None, "--labels", help="CSV with file_name,real_age for --images."),
     split_file: Optional[Path] = typer.Option(None, "--split", help="Split file: evaluate only --subset of it."),
-    subset: Optional[str] = typer.Option(None, "--subset", help="val | test (default test with --split)."),
+    subset: Optional[str] = typer.Option(
+        None, "--subset", help="train | val | test of the split (default test with --split; train only to see overfitting)."
+    ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
     predictions_out: Optional[Path] = typer.Option(
         None, "--predictions", help="Write per-image real and estimated ages (CSV) here."
@@ -250,6 +256,11 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Seed of --jitter."),
 ) -> None:
     """Score a model's age estimates: MAE, RMSE, per-band error, Challenge-25 rates."""
+    if model is not None and model.suffix == ".keras":
+        from agetool.extras import import_keras_quietly, keras_modules, require_modules
+
+        require_modules("agetool evaluate --model *.keras", keras_modules())
+        import_keras_quietly()
     from agetool.trainer.evaluate import default_model_or_error, evaluate_folder, report_table
 
     report = evaluate_folder(

@@ -16,9 +16,8 @@ from keras import layers, ops
 from agetool.contract import INPUT_NAME, OUTPUT_NAME
 from agetool.errors import AgetoolError
 from agetool.paths import ENV_IMAGENET_WEIGHTS
+from agetool.trainer.backbones import BACKBONES, HEADS, MIN_INPUT_SIZE
 
-BACKBONES = ("resnet50", "xception", "mobilenetv3", "mobilenetv3small", "mobilenet")
-HEADS = ("regression", "distribution")
 # The distribution head: softmax over one-year bins, bin i meaning age i + 1 years (as the
 # face-pretrained FaceRes age head in ../shared/models/faceres_age_head.npz is laid out).
 NUM_AGE_BINS = 100
@@ -38,7 +37,6 @@ IMAGENET_NOTOP_FILES = {
     "mobilenetv3small": "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
     "mobilenet": "mobilenet_1_0_224_tf_no_top.h5",
 }
-MIN_INPUT_SIZE = {"resnet50": 32, "xception": 71, "mobilenetv3": 32, "mobilenetv3small": 32, "mobilenet": 32}
 
 
 @keras.saving.register_keras_serializable(package="agetool")

@@ -17,12 +17,13 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from agetool import __version__
 from agetool.errors import AgetoolError
 from agetool.paths import runs_dir
 from agetool.trainer import data as data_mod
+from agetool.trainer.backbones import BACKBONES, MIN_INPUT_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,26 @@ class TrainConfig(BaseModel):
     trainable_from: str = Field("conv_dw_13", description="First backbone layer trained with --cache-features.")
     views: int = Field(2, ge=1, le=16, description="Cached views per training face (1 clean + augmented).")
 
+    # Checked here, before Keras and TensorFlow load, so a typo fails in a fraction of a second.
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        if value not in BACKBONES:
+            raise ValueError(f"{value!r} is not one of {', '.join(BACKBONES)}")
+        return value
+
+    @field_validator("input_size")
+    @classmethod
+    def _big_enough_for_backbone(cls, value: int, info: ValidationInfo) -> int:
+        backbone = info.data.get("backbone")
+        if backbone in MIN_INPUT_SIZE and value < MIN_INPUT_SIZE[backbone]:
+            raise ValueError(f"{backbone} needs at least {MIN_INPUT_SIZE[backbone]} px, got {value}")
+        return value
+
+
+# A model whose val MAE is within this share of the constant guess's has learned nothing useful.
+NO_BETTER_MARGIN = 0.05
+
 
 class TrainResult(BaseModel):
     model_path: Path
@@ -74,6 +95,23 @@ class TrainResult(BaseModel):
     best_val_mae: float
     epochs_run: int
     wall_time_s: float
+    baseline_val_mae: float = Field(description="Val MAE of answering one age (the training median) to everyone.")
+
+    @property
+    def learned_nothing(self) -> bool:
+        """Not clearly better than the constant guess (or no finite val MAE at all): a model that
+        tells every shopper about the same age, so the daemon would ask for ID across the board.
+        A margin, because such a model's constant is the head's bias, the training median, and
+        lands a hair under the baseline by chance (measured: 19.417 against 19.420)."""
+        if not np.isfinite(self.best_val_mae):
+            return True
+        return self.best_val_mae > (1.0 - NO_BETTER_MARGIN) * self.baseline_val_mae
+
+
+def constant_baseline_mae(train_ages: np.ndarray, val_ages: np.ndarray) -> float:
+    """The validation MAE of answering the median training age for every face: the best any
+    constant does under MAE (a bit better than the mean), so the bar a model must clear."""
+    return float(np.mean(np.abs(val_ages - float(np.median(train_ages)))))
 
 
 # --- Environment -------------------------------------------------------------------------------
@@ -442,6 +480,7 @@ def train(config: TrainConfig) -> TrainResult:
             epoch, best = _fit_stage(config, run_dir, train_model, inner, train_inputs, val_inputs,
                                      "fine-tune", epoch, config.epochs, best, wall_clock)
 
+    baseline = constant_baseline_mae(y_train, y_val)
     best_path = run_dir / BEST_CHECKPOINT
     final = load_keras_model(best_path) if best_path.is_file() else inner
     final = _float32_copy(final, config)
@@ -470,17 +509,26 @@ def train(config: TrainConfig) -> TrainResult:
         "augment": config.augment,
         "mixed_precision": mixed,
         "best_val_mae": best if np.isfinite(best) else None,
+        "baseline_val_mae": round(baseline, 3),
         "wall_time_s": round(wall_time_s, 1),
         "machine": machine_description(),
         "run_dir": str(run_dir),
     }
     card_path = config.out_dir / "model_card.json"
     _write_json(card_path, card)
-    return TrainResult(
+    result = TrainResult(
         model_path=model_path,
         card_path=card_path,
         split_path=split_path,
         best_val_mae=best if np.isfinite(best) else float("nan"),
         epochs_run=epoch,
         wall_time_s=round(wall_time_s, 1),
+        baseline_val_mae=baseline,
     )
+    if result.learned_nothing:
+        log.warning(
+            "best val MAE %.2f is no better than answering the median training age to everyone (%.2f): "
+            "this model has learned nothing useful; train longer, on more images or with a higher --lr",
+            result.best_val_mae, baseline,
+        )
+    return result
