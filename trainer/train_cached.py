@@ -273,7 +273,7 @@ def train_on_cached_features(config) -> "TrainResult":
     from agetool.trainer.augment import TillAugment
     from agetool.trainer.model import STD_OUTPUT_NAME, build_model
     from agetool.trainer.train import (
-        TrainResult, _atomic_save, _subsample, _write_json, machine_description, prepare_split,
+        TrainResult, _atomic_save, _subsample, _write_json, constant_baseline_mae, machine_description, prepare_split,
     )
     from agetool.paths import runs_dir
 
@@ -352,6 +352,7 @@ def train_on_cached_features(config) -> "TrainResult":
         "learning_rate": config.learning_rate,
         "loss": "cross-entropy over one-year bins",
         "best_val_mae": round(best, 4),
+        "baseline_val_mae": round(constant_baseline_mae(y_train, y_val), 3),
         "std_output_name": STD_OUTPUT_NAME,
         "interval_scale": round(scale, 4),
         "interval_level": level,
@@ -362,5 +363,10 @@ def train_on_cached_features(config) -> "TrainResult":
     }
     card_path = config.out_dir / "model_card.json"
     _write_json(card_path, card)
-    return TrainResult(model_path=model_path, card_path=card_path, split_path=split_path,
-                       best_val_mae=best, epochs_run=epochs_run, wall_time_s=card["wall_time_s"])
+    result = TrainResult(model_path=model_path, card_path=card_path, split_path=split_path,
+                         best_val_mae=best, epochs_run=epochs_run, wall_time_s=card["wall_time_s"],
+                         baseline_val_mae=card["baseline_val_mae"])
+    if result.learned_nothing:
+        log.warning("best val MAE %.2f is no better than answering the median training age to everyone (%.2f): "
+                    "this model has learned nothing useful", result.best_val_mae, result.baseline_val_mae)
+    return result
