@@ -510,6 +510,7 @@ def build_serve_config(
 SERVE_OPTIONS = {
     ("api", "host"): "--host", ("api", "port"): "--port", ("api", "bearer_token"): "--token",
     ("model", "path"): "--model", ("model", "providers"): "--providers", ("detector", "path"): "--detector",
+    ("model", "runtime"): "--runtime",
 }
 
 
