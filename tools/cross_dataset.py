@@ -101,7 +101,7 @@ def main() -> None:
                             "adults_checked_rate": round(rates["adults_checked_rate"], 4)})
             print(results[-1], flush=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(pd.DataFrame(results).to_markdown(index=False))
+    print(pd.DataFrame(results).to_string(index=False))
 
 
 if __name__ == "__main__":
