@@ -196,7 +196,8 @@ def test_runtime_openvino_without_the_package_is_one_clear_line(tmp_path, tiny_o
 def test_downscaled_detection_maps_boxes_and_landmarks_back(shared_faces):
     [(path, _)] = chip_paths(shared_faces, 1)
     frame = cv2.resize(scene(cv2.imread(str(path)), 0.8, 10.0, 0.4, 0.5), (1280, 960))
-    [small] = FaceDetector(yunet(), detect_max_side=320).detect(frame)
+    # min_face_px 128: a 4x smaller frame still shows such a face at 32 px, so 320 px is allowed
+    [small] = FaceDetector(yunet(), min_face_px=128, detect_max_side=320).detect(frame)
     # exactly what YuNet finds on the 320 x 240 frame, times 4
     [on_small] = FaceDetector(yunet(), min_face_px=8).detect(cv2.resize(frame, (320, 240), interpolation=cv2.INTER_AREA))
     assert [small.x, small.y, small.w, small.h] == pytest.approx([4 * on_small.x, 4 * on_small.y, 4 * on_small.w, 4 * on_small.h])
@@ -206,6 +207,20 @@ def test_downscaled_detection_maps_boxes_and_landmarks_back(shared_faces):
     [full] = FaceDetector(yunet()).detect(frame)
     assert np.abs(small.landmarks - full.landmarks).max() < 0.1 * full.w
     assert abs(small.x + small.w / 2 - full.x - full.w / 2) < 0.1 * full.w
+
+
+def test_downscaling_never_shrinks_the_smallest_wanted_face_below_what_yunet_finds(shared_faces):
+    """min_face_px 40 caps the shrink at 40/32 = 1.25x: detect_max_side 320 on a 640 px frame
+    detects at 512 px, so a ~45 px face the configuration asks for is not lost."""
+    [(path, _)] = chip_paths(shared_faces, 1)
+    chip = cv2.resize(cv2.imread(str(path)), (48, 48), interpolation=cv2.INTER_AREA)
+    frame = np.full((480, 640, 3), 110, np.uint8)
+    frame[200:248, 300:348] = chip
+    capped = FaceDetector(yunet(), min_face_px=40, detect_max_side=320).detect(frame)
+    at_512 = FaceDetector(yunet(), min_face_px=40, detect_max_side=512).detect(frame)
+    assert len(capped) == 1 and [f.as_xywh() for f in capped] == [f.as_xywh() for f in at_512]
+    # what the uncapped 2x shrink would have done: YuNet no longer finds the face
+    assert FaceDetector(yunet(), min_face_px=8).detect(cv2.resize(frame, (320, 240), interpolation=cv2.INTER_AREA)) == []
 
 
 def test_frame_change_gate_ignores_noise_and_sees_a_new_face(shared_faces):
