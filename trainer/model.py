@@ -165,23 +165,18 @@ def build_model(
     distribution head adds `age_std_years` (N, 1), the spread of its age distribution."""
     if head not in HEADS:
         raise AgetoolError(f"--head {head}: expected one of {', '.join(HEADS)}")
-    if head == "distribution":
-        return build_distribution_model(backbone, input_size, weights, dropout, head_init)
     if backbone not in BACKBONES:
         raise AgetoolError(f"--backbone {backbone}: expected one of {', '.join(BACKBONES)}")
     if input_size < MIN_INPUT_SIZE[backbone]:
         raise AgetoolError(
             f"--input-size {input_size}: {backbone} needs at least {MIN_INPUT_SIZE[backbone]} px"
         )
-    weights_file = resolve_weights(backbone, weights)
-    net, mode = _backbone(backbone, input_size, weights_file)
-    inputs = keras.Input((input_size, input_size, 3), name=INPUT_NAME)
-    # Preprocessing and the age head compute in float32 even under a mixed-precision policy:
-    # bfloat16 cannot hold 103.939 or an age to better than a quarter of a year.
-    x = BackbonePreprocess(mode, name="backbone_preprocess", dtype="float32")(inputs)
-    # Pretrained BatchNorm statistics stay frozen (inference mode) through fine-tuning.
-    x = net(x, training=False) if weights_file else net(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    inputs, x = pooled_features(backbone, input_size, weights)
+    if head == "distribution":
+        _, age, std = distribution_head(x, dropout, head_init)
+        outputs = {OUTPUT_NAME: layers.Identity(name=OUTPUT_NAME)(age),
+                   STD_OUTPUT_NAME: layers.Identity(name=STD_OUTPUT_NAME)(std)}
+        return keras.Model(inputs, outputs, name=MODEL_NAME)
     if dropout:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(
@@ -246,19 +241,17 @@ def load_head_init(hidden, logits, path: str) -> None:
         ) from None
 
 
-def build_distribution_model(
-    backbone: str, input_size: int, weights: str, dropout: float = 0.2, head_init: str | None = None
-) -> keras.Model:
-    """Backbone + GAP + distribution head; outputs {age_years, age_std_years}."""
+def pooled_features(backbone: str, input_size: int, weights: str):
+    """`image` input -> backbone preprocessing -> backbone -> global average pooling."""
     weights_file = resolve_weights(backbone, weights)
     net, mode = _backbone(backbone, input_size, weights_file)
     inputs = keras.Input((input_size, input_size, 3), name=INPUT_NAME)
+    # Preprocessing and the age head compute in float32 even under a mixed-precision policy:
+    # bfloat16 cannot hold 103.939 or an age to better than a quarter of a year.
     x = BackbonePreprocess(mode, name="backbone_preprocess", dtype="float32")(inputs)
+    # Pretrained BatchNorm statistics stay frozen (inference mode) through fine-tuning.
     x = net(x, training=False) if weights_file else net(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    _, age, std = distribution_head(x, dropout, head_init)
-    outputs = {OUTPUT_NAME: layers.Identity(name=OUTPUT_NAME)(age), STD_OUTPUT_NAME: layers.Identity(name=STD_OUTPUT_NAME)(std)}
-    return keras.Model(inputs, outputs, name=MODEL_NAME)
+    return inputs, layers.GlobalAveragePooling2D(name="gap")(x)
 
 
 def backbone_of(model: keras.Model) -> keras.Model | None:
