@@ -122,7 +122,10 @@ class ConnectionGuard:
         self.protocols: set[Any] = set()  # uvicorn's server_state.connections, once known
 
     def admit(self) -> bool:
-        if self.open >= self.limits.max_connections:
+        # At the limit an idle connection makes room for the newcomer (its descriptor is freed a
+        # moment later): a burst accepted before any protocol existed could not evict on the way
+        # up, and would otherwise lock the POS out behind idle sockets.
+        if self.open >= self.limits.max_connections and not self.evict_idle():
             self.refused += 1
             log.warning("api: %d connections open (api.max_connections), refusing new ones",
                         self.limits.max_connections)
@@ -135,12 +138,15 @@ class ConnectionGuard:
     def released(self) -> None:
         self.open -= 1
 
-    def evict_idle(self) -> None:
+    def evict_idle(self) -> bool:
+        """Close the longest-idle connection; False when none is idle."""
         idle = [p for p in self.protocols if not p._in_app and not p.transport.is_closing()]
-        if idle:
-            log.warning("api: %d connections open (api.max_connections), closing the longest idle",
-                        self.limits.max_connections)
-            min(idle, key=lambda p: p._idle_since)._close("evicted")
+        if not idle:
+            return False
+        log.warning("api: %d connections open (api.max_connections), closing the longest idle",
+                    self.limits.max_connections)
+        min(idle, key=lambda p: p._idle_since)._close("evicted")
+        return True
 
 
 REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
