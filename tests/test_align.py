@@ -137,3 +137,26 @@ def test_data_align_missing_detector_is_one_line(tmp_path: Path, small_face_fold
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error:") and "nope.onnx" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_model_trained_on_aligned_folders_says_so_in_its_card(tmp_path: Path, shared_faces: Path) -> None:
+    """The end-to-end trainer (not only --cache-features) records the crop of aligned folders, so
+    export writes crop aligned_v1 and the runtime aligns; mixing aligned and raw folders is refused."""
+    import shutil
+
+    aligned = tmp_path / "aligned"
+    labels = pd.read_csv(shared_faces / "labels.csv").iloc[:16]
+    (aligned / "final_files").mkdir(parents=True)
+    for name in labels["file_name"]:
+        shutil.copy(shared_faces / "final_files" / name, aligned / "final_files" / name)
+    labels.to_csv(aligned / "labels.csv", index=False)
+    (aligned / "align.json").write_text(json.dumps({"crop": "aligned_v1", "size": 200, "coverage": 1.3}))
+    out = tmp_path / "run"
+    trained = _run_cli("train", str(aligned), "--out", str(out), "--run-dir", str(tmp_path / "state"),
+                       "--backbone", "mobilenetv3small", "--input-size", "32", "--epochs", "1", "--batch-size", "8")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["crop"] == "aligned_v1" and card["align_coverage"] == 1.3
+    mixed = _run_cli("train", str(aligned), str(shared_faces), "--out", str(tmp_path / "m"),
+                     "--run-dir", str(tmp_path / "state2"), "--backbone", "mobilenetv3small", "--input-size", "32")
+    assert mixed.returncode == 2 and "align" in mixed.stderr and "Traceback" not in mixed.stderr

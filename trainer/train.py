@@ -419,6 +419,9 @@ def train(config: TrainConfig) -> TrainResult:
     import keras
 
     from agetool.trainer.model import backbone_of, build_model, compile_model, load_keras_model
+    from agetool.trainer.train_cached import crop_of_folders
+
+    crop = crop_of_folders(config.data_dirs)  # before any work: mixed folders are refused
 
     run_dir = config.run_dir or runs_dir() / config.out_dir.resolve().name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -513,6 +516,8 @@ def train(config: TrainConfig) -> TrainResult:
         "wall_time_s": round(wall_time_s, 1),
         "machine": machine_description(),
         "run_dir": str(run_dir),
+        # aligned data folders (agetool data align) -> crop aligned_v1 in the exported metadata
+        **crop,
     }
     card_path = config.out_dir / "model_card.json"
     _write_json(card_path, card)
