@@ -192,3 +192,11 @@ def test_readme_quick_recipe_learns_something(tmp_path: Path, shared_faces: Path
     card = json.loads((out / "model_card.json").read_text())
     assert card["best_val_mae"] < 0.6 * card["baseline_val_mae"], card
     assert "learned nothing" not in result.stderr
+
+
+def test_missing_weights_and_head_files_fail_before_tensorflow_loads(tmp_path: Path, shared_faces: Path) -> None:
+    for option, name in (("--weights", "nope.weights.h5"), ("--head-init", "nope.npz")):
+        result = _cli("train", str(shared_faces), "--out", str(tmp_path / "o"), "--backbone", "mobilenet",
+                      "--head", "distribution", option, str(tmp_path / name))
+        assert result.returncode == 2 and name in result.stderr and "Traceback" not in result.stderr
+        assert "tensorflow" not in result.stderr.lower()

@@ -75,6 +75,13 @@ class TrainConfig(BaseModel):
             raise ValueError(f"{value!r} is not one of {', '.join(BACKBONES)}")
         return value
 
+    @field_validator("weights", "head_init")
+    @classmethod
+    def _weights_file_exists(cls, value: str | None) -> str | None:
+        if value is not None and value not in ("imagenet", "none") and not Path(value).is_file():
+            raise ValueError(f"{value}: file not found (expected imagenet, none or a weights file)")
+        return value
+
     @field_validator("input_size")
     @classmethod
     def _big_enough_for_backbone(cls, value: int, info: ValidationInfo) -> int:
