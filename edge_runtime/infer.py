@@ -160,9 +160,13 @@ class _ModelBase:
         for _ in range(runs):
             self.raw_outputs(dummy)
 
-    def median_ms(self, runs: int = CHOICE_TIMING_RUNS, warmup: int = CHOICE_WARMUP_RUNS) -> float:
-        """Median batch-1 latency on the model's own input shape (a warm-up figure, not a benchmark)."""
-        one = np.full((1, self.input_size, self.input_size, 3), 127.0, dtype=np.float32)
+    def median_ms(
+        self, runs: int = CHOICE_TIMING_RUNS, warmup: int = CHOICE_WARMUP_RUNS, image: np.ndarray | None = None
+    ) -> float:
+        """Median batch-1 latency on `image` (default: a grey one of the model's own input shape);
+        a rough figure, not a benchmark."""
+        one = (np.full((1, self.input_size, self.input_size, 3), 127.0, dtype=np.float32)
+               if image is None else np.asarray(image, dtype=np.float32)[None])
         for _ in range(warmup):
             self.raw_outputs(one)
         times_ms = []

@@ -3,8 +3,6 @@ batch, MAE on labelled validation faces (ΔMAE), and a rough CPU latency."""
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,15 +92,7 @@ def onnx_predict(model: Any, images: np.ndarray) -> np.ndarray:
 
 def cpu_ms_per_image(model: Any, image: np.ndarray) -> float:
     """Median of a few batch-1 runs after warm-up: a rough figure, not a benchmark."""
-    one = image[None]
-    for _ in range(TIMING_WARMUP):
-        model.raw_outputs(one)
-    times_ms = []
-    for _ in range(TIMING_RUNS):
-        start = time.perf_counter()
-        model.raw_outputs(one)
-        times_ms.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times_ms)
+    return model.median_ms(TIMING_RUNS, TIMING_WARMUP, image)
 
 
 def verify_file(path: Path, variant: str, input_size: int, reference: Reference) -> Verification:

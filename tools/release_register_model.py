@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from datetime import date
 from pathlib import Path
 
@@ -38,30 +36,18 @@ GENDERS = {"0": "male", "1": "female"}
 
 
 def predict(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    import onnxruntime as ort
+    """Ages and spreads through the runtime's own opener (ONNX Runtime, CPU), as the till reads them."""
+    from agetool.edge_runtime.infer import open_age_model
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    ages, stds = [], []
-    for start in range(0, len(images), 64):
-        age, std = session.run(["age_years", "age_std_years"], {"image": images[start:start + 64].astype(np.float32)})
-        ages.append(age.reshape(-1))
-        stds.append(std.reshape(-1))
-    return np.concatenate(ages), np.concatenate(stds)
+    model = open_age_model(path, "onnxruntime", "cpu")
+    parts = [model.predict_with_std(images[start:start + 64].astype(np.float32)) for start in range(0, len(images), 64)]
+    return np.concatenate([p.ages_years for p in parts]), np.concatenate([p.std_years for p in parts])
 
 
 def batch1_ms(path: Path, image: np.ndarray, runs: int = 200) -> float:
-    import onnxruntime as ort
+    from agetool.edge_runtime.infer import open_age_model
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    one = image[None].astype(np.float32)
-    for _ in range(20):
-        session.run(None, {"image": one})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, {"image": one})
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return open_age_model(path, "onnxruntime", "cpu").median_ms(runs, 20, image)
 
 
 def group_of(dataset: str) -> str:

@@ -121,6 +121,23 @@ def constant_baseline_mae(train_ages: np.ndarray, val_ages: np.ndarray) -> float
     return float(np.mean(np.abs(val_ages - float(np.median(train_ages)))))
 
 
+def card_basics(config: TrainConfig, split_path: Path, n_train: int, n_val: int) -> dict[str, Any]:
+    """What every model card says first: version, backbone, data, split (both trainers)."""
+    return {
+        "agetool_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(),
+        "backbone": config.backbone,
+        "weights": config.weights,
+        "input_size": config.input_size,
+        "training_data": ", ".join(Path(d).name for d in config.data_dirs),
+        "data_dirs": [str(d) for d in config.data_dirs],
+        "n_train": int(n_train),
+        "n_val": int(n_val),
+        "split_file": str(split_path),
+        "seed": config.seed,
+    }
+
+
 # --- Environment -------------------------------------------------------------------------------
 def accelerators() -> list[str]:
     """GPUs the active Keras backend sees (empty on CPU)."""
@@ -500,17 +517,7 @@ def train(config: TrainConfig) -> TrainResult:
     data_mod.write_split(rows, split_path)
     wall_time_s = time.monotonic() - started + float(state.get("wall_time_s", 0.0))
     card = {
-        "agetool_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(),
-        "backbone": config.backbone,
-        "weights": config.weights,
-        "input_size": config.input_size,
-        "training_data": ", ".join(Path(d).name for d in config.data_dirs),
-        "data_dirs": [str(d) for d in config.data_dirs],
-        "n_train": int(len(x_train)),
-        "n_val": int(len(x_val)),
-        "split_file": str(split_path),
-        "seed": config.seed,
+        **card_basics(config, split_path, len(x_train), len(x_val)),
         "epochs_run": epoch,
         "epochs_planned": config.epochs,
         "batch_size": config.batch_size,

@@ -16,11 +16,15 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from agetool.errors import AgetoolError
+
+if TYPE_CHECKING:
+    from agetool.trainer.train import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -262,18 +266,18 @@ def predictions_frame(rows: pd.DataFrame, mean: np.ndarray, std: np.ndarray) -> 
     return out
 
 
-def train_on_cached_features(config) -> "TrainResult":
+def train_on_cached_features(config: "TrainConfig") -> "TrainResult":
     """`agetool train --cache-features`: cache the frozen bottom's features (clean + augmented
     views), fit the top, save the whole model + card (with the crop, the interval calibration and
     validation predictions)."""
     import keras
 
-    from agetool import __version__
     from agetool.trainer import data as data_mod
     from agetool.trainer.augment import TillAugment
     from agetool.trainer.model import STD_OUTPUT_NAME, build_model
     from agetool.trainer.train import (
-        TrainResult, _atomic_save, _subsample, _write_json, constant_baseline_mae, machine_description, prepare_split,
+        TrainResult, _atomic_save, _subsample, _write_json, card_basics, constant_baseline_mae, machine_description,
+        prepare_split,
     )
     from agetool.paths import runs_dir
 
@@ -331,18 +335,9 @@ def train_on_cached_features(config) -> "TrainResult":
     split_path = config.out_dir / "split.csv"
     data_mod.write_split(rows, split_path)
     card = {
-        "agetool_version": __version__,
-        "backbone": config.backbone,
-        "weights": str(config.weights),
+        **card_basics(config, split_path, len(train_rows), len(val_rows)),
         "head": "distribution",
         "head_init": config.head_init,
-        "input_size": config.input_size,
-        "training_data": ", ".join(Path(d).name for d in config.data_dirs),
-        "data_dirs": [str(d) for d in config.data_dirs],
-        "n_train": int(len(train_rows)),
-        "n_val": int(len(val_rows)),
-        "split_file": str(split_path),
-        "seed": config.seed,
         "trainable_from": config.trainable_from,
         "views": config.views,
         "trained": f"top from {config.trainable_from} on cached features, {config.views} views "
