@@ -386,24 +386,25 @@ def fastest_runtime(
     path: Path, providers: str | Sequence[str] = "auto", threads: int | None = None
 ) -> OnnxAgeModel | OpenVinoAgeModel:
     """`--runtime auto`: ONNX Runtime on a GPU provider when one is present; else the faster of
-    ONNX Runtime and OpenVINO (when installed), timed here on the model's own input and logged."""
-    ort_model = OnnxAgeModel(path, providers, threads)
-    if ort_model.on_gpu:
-        log.info("runtime auto: onnxruntime on %s (a GPU provider keeps priority)", ort_model.provider)
-        return ort_model
-    if openvino_missing():
-        log.info("runtime auto: onnxruntime (openvino is not installed)")
-        return ort_model
-    ort_ms = ort_model.median_ms()
-    try:
-        ov_model = OpenVinoAgeModel(path, threads)
-        ov_ms = ov_model.median_ms()
-    except (AgetoolError, RuntimeError) as exc:
-        log.warning("runtime auto: OpenVINO could not run %s (%s); using onnxruntime", path.name, exc)
-        return ort_model
-    chosen: OnnxAgeModel | OpenVinoAgeModel = ov_model if ov_ms < ort_ms else ort_model
+    ONNX Runtime and OpenVINO (when installed), timed on the model's own input in a child process
+    (runtime_choice) and logged; only the chosen runtime is loaded here."""
+    from agetool.edge_runtime.runtime_choice import time_runtimes_in_child
+
+    wanted = providers if isinstance(providers, str) else ",".join(providers)
+    timings = time_runtimes_in_child(path, wanted, threads)
+    if timings.gpu_provider is not None:
+        log.info("runtime auto: onnxruntime on %s (a GPU provider keeps priority)", timings.gpu_provider)
+        return OnnxAgeModel(path, providers, threads)
+    if timings.openvino_ms is None:
+        if timings.openvino_error:
+            log.warning("runtime auto: OpenVINO could not run %s (%s); using onnxruntime", path.name,
+                        timings.openvino_error)
+        else:
+            log.info("runtime auto: onnxruntime (openvino is not installed)")
+        return OnnxAgeModel(path, providers, threads)
+    chosen = RUNTIME_OPENVINO if timings.openvino_ms < timings.onnxruntime_ms else RUNTIME_ORT
     log.info(
         "runtime auto: %s (batch-1 median on this machine: onnxruntime %.2f ms, openvino %.2f ms)",
-        chosen.runtime, ort_ms, ov_ms,
+        chosen, timings.onnxruntime_ms, timings.openvino_ms,
     )
-    return chosen
+    return OpenVinoAgeModel(path, threads) if chosen == RUNTIME_OPENVINO else OnnxAgeModel(path, providers, threads)
