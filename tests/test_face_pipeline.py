@@ -175,6 +175,22 @@ def test_runtime_auto_times_both_and_logs_the_choice(tiny_onnx_model, caplog):
     assert "onnxruntime" in line and "openvino" in line and line.count(" ms") == 2
 
 
+def test_runtime_auto_leaves_only_the_chosen_runtime_loaded(tiny_onnx_model):
+    # The two runtimes are timed in a child process: the daemon keeps one runtime's memory, not both.
+    pytest.importorskip("openvino")
+    probe = (
+        "import sys, logging; logging.basicConfig(level=logging.INFO)\n"
+        "from agetool.edge_runtime.infer import open_age_model\n"
+        f"model = open_age_model({str(tiny_onnx_model)!r}, 'auto', 'cpu')\n"
+        "print(model.runtime, 'onnxruntime' in sys.modules, 'openvino' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    runtime, ort_loaded, ov_loaded = result.stdout.split()
+    assert (ort_loaded, ov_loaded) == (("True", "False") if runtime == "onnxruntime" else ("False", "True"))
+    assert "runtime auto: " + runtime in result.stderr
+
+
 def test_runtime_openvino_without_the_package_is_one_clear_line(tmp_path, tiny_onnx_model):
     # A sitecustomize that hides openvino, as on a till installed without the extra.
     hide = tmp_path / "hide"
@@ -221,6 +237,26 @@ def test_downscaling_never_shrinks_the_smallest_wanted_face_below_what_yunet_fin
     assert len(capped) == 1 and [f.as_xywh() for f in capped] == [f.as_xywh() for f in at_512]
     # what the uncapped 2x shrink would have done: YuNet no longer finds the face
     assert FaceDetector(yunet(), min_face_px=8).detect(cv2.resize(frame, (320, 240), interpolation=cv2.INTER_AREA)) == []
+
+
+def test_detection_goes_fine_only_when_the_coarse_pass_finds_no_face(shared_faces):
+    """A large face is found on the 320 px frame in one pass; a 48 px face is not, and the second
+    pass (512 px, where it still shows at 38 px) finds it, in full-frame pixels."""
+    [(path, _)] = chip_paths(shared_faces, 1)
+    chip = cv2.imread(str(path))
+    detector = FaceDetector(yunet(), min_face_px=40, detect_max_side=320)
+    large = np.full((480, 640, 3), 110, np.uint8)
+    large[100:300, 200:400] = cv2.resize(chip, (200, 200), interpolation=cv2.INTER_AREA)
+    [big] = detector.detect(large)
+    assert detector.passes_run == 1 and big.w > 120
+    small = np.full((480, 640, 3), 110, np.uint8)
+    small[200:248, 300:348] = cv2.resize(chip, (48, 48), interpolation=cv2.INTER_AREA)
+    [face] = detector.detect(small)
+    assert detector.passes_run == 2 and 300 <= face.x + face.w / 2 <= 348 and 200 <= face.y + face.h / 2 <= 248
+    # a frame with no face pays for both passes and finds nothing
+    assert detector.detect(np.full((480, 640, 3), 110, np.uint8)) == [] and detector.passes_run == 2
+    # the large face again: back to one pass (the detector kept one YuNet per input size)
+    assert len(detector.detect(large)) == 1 and detector.passes_run == 1
 
 
 def test_frame_change_gate_ignores_noise_and_sees_a_new_face(shared_faces):
