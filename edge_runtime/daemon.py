@@ -37,6 +37,8 @@ from agetool.edge_runtime.store import AnalyticsStore, ReceiptConflict, StoredRe
 from agetool.edge_runtime.track import LaneTracker, model_interval_scale, model_uncertainty_years
 from agetool.errors import ConfigError
 
+from agetool.edge_runtime.memory import tune_malloc_for_long_run
+
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
@@ -549,6 +551,7 @@ def serve_forever(config: DaemonConfig) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    tune_malloc_for_long_run()  # before any of the daemon's threads exist
     daemon = Daemon(config)
     try:
         daemon.start()
