@@ -1,10 +1,11 @@
-"""The daemon's own cost on this machine: one lane at 5 fps through the real Daemon processing
-thread, its CPU as a share of one core, and frame -> decision p50/p95 exactly as `/v1/lanes`
-reports them (LaneRuntime.latency_percentiles_ms).
+"""The daemon's own cost on this machine: a real `agetool serve` process with one lane at 5 fps,
+its CPU as a share of one core (from /proc, over a fixed window after /readyz), its resident
+memory, and frame -> decision p50/p95 as its own `GET /v1/lanes` reports them.
 
 Frames are the bench's public-domain demo portrait held still for a few seconds at each of a few
 places (a shopper stepping up, standing, leaving), with fresh sensor-like noise on every frame,
-JPEG-encoded in memory and decoded at capture time as a camera reader would; nothing is written.
+written as JPEGs to a temporary folder that the lane reads as its camera (looping) and deleted
+afterwards; no shopper's face is involved.
 
 Two modes on the same frames: `per_frame` is the daemon before its CPU budget (full-size
 detection on every frame, the age model on every face, ONNX Runtime); `budget` is today's
@@ -13,10 +14,16 @@ runtime auto). A synchronous pass over the same frames counts how many per-frame
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
-import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Literal
 
@@ -37,9 +44,10 @@ class DaemonLaneResult(BaseModel):
     frames_processed: int
     detections_run: int
     faces_inferred: int
-    cpu_percent_of_one_core: float = Field(description="process CPU seconds / wall seconds x 100 while the lane ran")
-    frame_to_decision_ms: dict[str, float | None] = Field(description="p50 / p95, as /v1/lanes reports them")
-    rss_mb: float | None
+    cpu_percent_of_one_core: float = Field(description="the serve process's CPU seconds / wall seconds x 100 over the window")
+    frame_to_decision_ms: dict[str, float | None] = Field(description="p50 / p95, as its /v1/lanes reports them")
+    rss_mb: float | None = Field(description="the serve process's resident memory at the end of the window")
+    peak_rss_mb: float | None = Field(None, description="its peak resident memory (VmHWM), start-up included")
     decisions_compared: int = 0
     decisions_differ_share: float | None = Field(
         None, description="share of frames whose ID decision differs from the per_frame mode's (synchronous pass)"
@@ -59,9 +67,8 @@ def scene_jpegs(seed: int = 11) -> list[bytes]:
     return encode_jpeg(frames)
 
 
-def _config(model_path: Path, detector_path: Path | str | None, mode: str, fps: float, threads: int | None, state: Path):
-    from agetool.edge_runtime.config import parse_config
-
+def _config_dict(model_path: Path, detector_path: Path | str | None, mode: str, fps: float, threads: int | None,
+                 state: Path, source: str = "bench://in-memory", port: int = 8080) -> dict:
     detector: dict = {"path": str(detector_path)} if detector_path is not None else {}
     model: dict = {"path": str(model_path), "providers": "cpu"}
     tracking: dict = {}
@@ -71,21 +78,59 @@ def _config(model_path: Path, detector_path: Path | str | None, mode: str, fps: 
         model["runtime"] = "onnxruntime"
         detector.update(detect_max_side=None, skip_unchanged_frames=False)
         tracking["settled_estimates"] = 0
-    return parse_config({
-        "lanes": [{"name": "bench", "source": "bench://in-memory", "fps": fps}],
-        "model": model, "detector": detector, "tracking": tracking,
+    return {
+        "lanes": [{"name": "bench", "source": source, "fps": fps}],
+        "model": model, "detector": detector, "tracking": tracking, "api": {"host": "127.0.0.1", "port": port},
         "events": {"jsonl": "off"}, "analytics": {"sqlite_path": str(state / "analytics.sqlite")},
-    })
+    }
 
 
-def _rss_mb() -> float | None:
+def _config(model_path: Path, detector_path: Path | str | None, mode: str, fps: float, threads: int | None, state: Path):
+    from agetool.edge_runtime.config import parse_config
+
+    return parse_config(_config_dict(model_path, detector_path, mode, fps, threads, state))
+
+
+def _process_status_mb(pid: int) -> tuple[float | None, float | None]:
+    """(VmRSS, VmHWM) of a process, in MB."""
+    values: dict[str, float] = {}
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024.0, 1)
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key = line.split(":")[0]
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = round(int(line.split()[1]) / 1024.0, 1)
     except OSError:
-        return None
-    return None
+        return None, None
+    return values.get("VmRSS"), values.get("VmHWM")
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def _wait_ready(process: subprocess.Popen, base: str, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"agetool serve exited with {process.returncode} before it was ready")
+        try:
+            return _get_json(base + "/readyz")  # 200 only when ready
+        except (urllib.error.URLError, OSError, ValueError):
+            time.sleep(0.2)
+    raise RuntimeError(f"agetool serve was not ready after {timeout_s:.0f} s")
 
 
 def _decisions(daemon, jpegs: list[bytes], fps: float) -> list[bool]:
@@ -114,57 +159,59 @@ def measure_daemon_lane(
     seconds: float = 20.0,
     fps: float = 5.0,
     threads: int | None = None,
+    ready_timeout_s: float = 180.0,
 ) -> DaemonLaneResult:
-    """Run one lane through the daemon's processing thread for `seconds` at `fps`."""
-    import cv2
-
-    from agetool.edge_runtime.sources import Frame
+    """Start `agetool serve` on the scene, measure it for `seconds` after /readyz, stop it with SIGTERM."""
+    import yaml
 
     jpegs = scene_jpegs()
-    with tempfile.TemporaryDirectory(prefix="agetool-daemon-bench-") as state:
-        daemon = _prepared(model_path, detector_path, mode, fps, threads, Path(state))
-        lane = daemon.lanes["bench"]
-        stop = threading.Event()
-        offered = 0
-
-        def capture() -> None:
-            nonlocal offered
-            period = 1.0 / fps
-            next_s = time.monotonic()
-            while not stop.is_set():
-                image = cv2.imdecode(np.frombuffer(jpegs[offered % len(jpegs)], np.uint8), cv2.IMREAD_COLOR)
-                lane.queue.put(Frame("bench", offered, image, time.monotonic(), time.time(), "bench"))
-                offered += 1
-                next_s += period
-                stop.wait(max(0.0, next_s - time.monotonic()))
-
-        daemon.start_processing()
-        reader = threading.Thread(target=capture, name="bench-capture", daemon=True)
-        cpu0, wall0 = time.process_time(), time.monotonic()
-        reader.start()
-        stop.wait(seconds)
-        stop.set()
-        reader.join(5.0)
-        cpu_s, wall_s = time.process_time() - cpu0, time.monotonic() - wall0
-        daemon.stop_processing()
-        rss_mb = _rss_mb()
+    with tempfile.TemporaryDirectory(prefix="agetool-daemon-bench-") as tmp:
+        state = Path(tmp)
+        scene = state / "scene"
+        scene.mkdir()
+        for index, jpeg in enumerate(jpegs):
+            (scene / f"frame{index:04d}.jpg").write_bytes(jpeg)
+        port = _free_port()
+        config_path = state / "daemon.yaml"
+        config_path.write_text(yaml.safe_dump(
+            _config_dict(model_path, detector_path, mode, fps, threads, state, source=str(scene), port=port)
+        ))
+        base = f"http://127.0.0.1:{port}"
+        with open(state / "serve.log", "wb") as log_file:
+            process = subprocess.Popen([sys.executable, "-m", "agetool.cli", "serve", "--config", str(config_path)],
+                                       stdout=log_file, stderr=subprocess.STDOUT)
+            try:
+                ready = _wait_ready(process, base, ready_timeout_s)
+                cpu0, wall0 = _process_cpu_s(process.pid), time.monotonic()
+                time.sleep(seconds)
+                cpu_s, wall_s = _process_cpu_s(process.pid) - cpu0, time.monotonic() - wall0
+                rss_mb, peak_rss_mb = _process_status_mb(process.pid)
+                lane = _get_json(base + "/v1/lanes/bench")
+            finally:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
         result = DaemonLaneResult(
             mode=mode,
-            runtime=getattr(daemon.model, "runtime", "onnxruntime"),
+            runtime=ready["model"]["runtime"],
             fps=fps,
             seconds=round(wall_s, 1),
-            frames_offered=offered,
-            frames_processed=lane.frames_processed,
-            detections_run=lane.detections_run,
-            faces_inferred=lane.faces_inferred,
+            frames_offered=lane["frames_read"],
+            frames_processed=lane["frames_processed"],
+            detections_run=lane["detections_run"],
+            faces_inferred=lane["faces_inferred"],
             cpu_percent_of_one_core=round(100.0 * cpu_s / wall_s, 1),
-            frame_to_decision_ms=lane.latency_percentiles_ms(),
+            frame_to_decision_ms=lane["frame_to_decision_ms"],
             rss_mb=rss_mb,
+            peak_rss_mb=peak_rss_mb,
         )
-        # decisions of this mode and of per_frame over the same frames, one by one (not timed)
-        ours = _decisions(_prepared(model_path, detector_path, mode, fps, threads, Path(state)), jpegs, fps)
+        # decisions of this mode and of per_frame over the same frames, one by one, in this process (not timed)
+        ours = _decisions(_prepared(model_path, detector_path, mode, fps, threads, state), jpegs, fps)
         reference = ours if mode == "per_frame" else _decisions(
-            _prepared(model_path, detector_path, "per_frame", fps, threads, Path(state)), jpegs, fps
+            _prepared(model_path, detector_path, "per_frame", fps, threads, state), jpegs, fps
         )
         result.decisions_compared = len(reference)
         result.decisions_differ_share = round(sum(a != b for a, b in zip(reference, ours)) / len(reference), 4)

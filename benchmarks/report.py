@@ -121,7 +121,7 @@ def e2e_table(report: "BenchReport") -> str:
 
 def daemon_table(report: "BenchReport") -> str:
     header = ["mode", "model", "status", "runtime", "CPU % of one core", "p50 ms", "p95 ms", "frames", "detections",
-              "inferences", "RSS MB", "decisions differing"]
+              "inferences", "RSS MB (peak)", "decisions differing"]
     rows = []
     for row in report.daemon:
         r = row.result
@@ -131,7 +131,8 @@ def daemon_table(report: "BenchReport") -> str:
         rows.append([
             row.variant, row.model, row.status, r["runtime"], _fmt(r["cpu_percent_of_one_core"], 1),
             _ms(r["frame_to_decision_ms"]["p50"]), _ms(r["frame_to_decision_ms"]["p95"]), str(r["frames_processed"]),
-            str(r["detections_run"]), str(r["faces_inferred"]), _fmt(r["rss_mb"], 0), _pct(r["decisions_differ_share"]),
+            str(r["detections_run"]), str(r["faces_inferred"]),
+            f'{_fmt(r["rss_mb"], 0)} ({_fmt(r.get("peak_rss_mb"), 0)})', _pct(r["decisions_differ_share"]),
         ])
     return md_table(header, rows)
 
@@ -243,8 +244,9 @@ def render_markdown(report: "BenchReport") -> str:
         "",
         "## The daemon's lane cost",
         "",
-        "One lane at 5 fps through the daemon's own processing thread: CPU of the whole process as a share of one "
-        "core, frame → decision as /v1/lanes reports it. per_frame = full-size detection and the model on every "
+        "A real `agetool serve` process with one lane at 5 fps (its camera a folder of the demo scene's frames): "
+        "its CPU as a share of one core and its resident memory over a window after /readyz, frame → decision as "
+        "its /v1/lanes reports it. per_frame = full-size detection and the model on every "
         "frame (the daemon before its CPU budget); budget = today's defaults. Decisions differing: share of frames "
         "whose ID decision differs from per_frame's on the same frames.",
         "",

@@ -240,6 +240,7 @@ def test_end_to_end_rows_time_every_stage(bench_run) -> None:
         assert lane["frames_processed"] >= 3 and lane["cpu_percent_of_one_core"] > 0
         assert lane["frame_to_decision_ms"]["p50"] <= lane["frame_to_decision_ms"]["p95"]
         assert lane["decisions_compared"] == 120 and 0 <= lane["decisions_differ_share"] <= 1
+        assert 0 < lane["rss_mb"] <= lane["peak_rss_mb"]  # the serve process's own, read from /proc
     per_frame, budget = (row.result for row in report.daemon)
     assert per_frame["detections_run"] == per_frame["frames_processed"]  # no skipping before the budget
     assert budget["detections_run"] < budget["frames_processed"]  # still frames are not detected again
