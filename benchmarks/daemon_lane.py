@@ -48,6 +48,8 @@ class DaemonLaneResult(BaseModel):
     frame_to_decision_ms: dict[str, float | None] = Field(description="p50 / p95, as its /v1/lanes reports them")
     rss_mb: float | None = Field(description="the serve process's resident memory at the end of the window")
     peak_rss_mb: float | None = Field(None, description="its peak resident memory (VmHWM), start-up included")
+    inference_ms_mean: float | None = Field(
+        None, description="mean age-model batch latency in the daemon since start, from its /metrics")
     decisions_compared: int = 0
     decisions_differ_share: float | None = Field(
         None, description="share of frames whose ID decision differs from the per_frame mode's (synchronous pass)"
@@ -121,6 +123,19 @@ def _get_json(url: str) -> object:
         return json.loads(response.read())
 
 
+def _mean_inference_ms(base: str) -> float | None:
+    """Mean age-model batch latency since start, from the daemon's own /metrics histogram."""
+    with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("agetool_inference_seconds_sum", "agetool_inference_seconds_count"):
+            values[name] = float(value)
+    count = values.get("agetool_inference_seconds_count", 0.0)
+    return round(1000.0 * values["agetool_inference_seconds_sum"] / count, 2) if count else None
+
+
 def _wait_ready(process: subprocess.Popen, base: str, timeout_s: float) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -187,6 +202,7 @@ def measure_daemon_lane(
                 cpu_s, wall_s = _process_cpu_s(process.pid) - cpu0, time.monotonic() - wall0
                 rss_mb, peak_rss_mb = _process_status_mb(process.pid)
                 lane = _get_json(base + "/v1/lanes/bench")
+                inference_ms = _mean_inference_ms(base)
             finally:
                 process.send_signal(signal.SIGTERM)
                 try:
@@ -207,6 +223,7 @@ def measure_daemon_lane(
             frame_to_decision_ms=lane["frame_to_decision_ms"],
             rss_mb=rss_mb,
             peak_rss_mb=peak_rss_mb,
+            inference_ms_mean=inference_ms,
         )
         # decisions of this mode and of per_frame over the same frames, one by one, in this process (not timed)
         ours = _decisions(_prepared(model_path, detector_path, mode, fps, threads, state), jpegs, fps)

@@ -120,7 +120,7 @@ def e2e_table(report: "BenchReport") -> str:
 
 
 def daemon_table(report: "BenchReport") -> str:
-    header = ["mode", "model", "status", "runtime", "CPU % of one core", "p50 ms", "p95 ms", "frames", "detections",
+    header = ["mode", "model", "status", "runtime", "inference ms", "CPU % of one core", "p50 ms", "p95 ms", "frames", "detections",
               "inferences", "RSS MB (peak)", "decisions differing"]
     rows = []
     for row in report.daemon:
@@ -129,7 +129,8 @@ def daemon_table(report: "BenchReport") -> str:
             rows.append([row.variant, row.model, row.status, *["–"] * (len(header) - 3)])
             continue
         rows.append([
-            row.variant, row.model, row.status, r["runtime"], _fmt(r["cpu_percent_of_one_core"], 1),
+            row.variant, row.model, row.status, r["runtime"], _ms(r.get("inference_ms_mean")),
+            _fmt(r["cpu_percent_of_one_core"], 1),
             _ms(r["frame_to_decision_ms"]["p50"]), _ms(r["frame_to_decision_ms"]["p95"]), str(r["frames_processed"]),
             str(r["detections_run"]), str(r["faces_inferred"]),
             f'{_fmt(r["rss_mb"], 0)} ({_fmt(r.get("peak_rss_mb"), 0)})', _pct(r["decisions_differ_share"]),
