@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from agetool.contract import INPUT_NAME, OUTPUT_NAME
 
@@ -74,8 +75,36 @@ def convert_keras(model: Any, input_size: int, opset: int) -> Any:
 
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
     spec = (tf.TensorSpec((None, input_size, input_size, 3), tf.float32, name=INPUT_NAME),)
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+    proto, _ = tf2onnx.convert.from_keras(
+        model, input_signature=spec, opset=opset, optimizers=optimizers_collecting_garbage()
+    )
+    # The TF graphs and tf2onnx's graph objects left behind are reference cycles too.
+    gc.collect()
     return name_io(proto)
+
+
+def optimizers_collecting_garbage() -> dict[str, Callable[[], Any]] | None:
+    """tf2onnx's default optimizers, each started after a full garbage collection.
+
+    tf2onnx deep-copies its whole graph (weights included) before every optimizer pass so that a
+    failing pass can be skipped; the copies it drops are reference cycles that Python's collector
+    reaches only rarely, so they pile up: ResNet50 at 224 px peaked at 6.4 GB RSS in conversion
+    instead of 2.7 GB. None (tf2onnx's own defaults, uncollected) where tf2onnx lacks the list."""
+    from tf2onnx import optimizer
+
+    defaults = getattr(optimizer, "_get_optimizers", None)
+    if defaults is None:
+        log.debug("tf2onnx.optimizer._get_optimizers missing: conversion garbage collected only at the end")
+        return None
+
+    def collected(factory: Callable[[], Any]) -> Callable[[], Any]:
+        def make() -> Any:
+            gc.collect()
+            return factory()
+
+        return make
+
+    return {name: collected(factory) for name, factory in defaults().items()}
 
 
 def name_io(proto: Any) -> Any:

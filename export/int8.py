@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,12 @@ from agetool.contract import INPUT_NAME, OUTPUT_NAME
 
 log = logging.getLogger(__name__)
 
-# Images per calibration run, and runs per chunk: entropy/percentile keep every activation of a
-# chunk in memory before folding it into their histograms (ResNet50 at 128 px: ~30 MB per face).
+# Most images per calibration run.
 CALIB_BATCH = 8
-CALIB_CHUNK_BATCHES = 4
+# Most bytes of activations one calibration chunk may hold: ORT's calibrators keep every output of
+# every run in a chunk before folding them into ranges or histograms (ResNet50 at 224 px: 102 MB
+# per face; a chunk of 12 faces peaked the whole export at 4.4 GB RSS).
+CALIB_CHUNK_BYTES = 256 * 2**20
 HEAD_OP_TYPES = {"MatMul", "Gemm"}
 
 
@@ -64,6 +67,52 @@ def largest_divisor(n: int, most: int) -> int:
     """The largest k <= most dividing n: ORT's chunked calibration needs an exact division, and
     its histogram calibrators stack a chunk's batches, so every batch must be the same size."""
     return max(k for k in range(1, max(1, min(most, n)) + 1) if n % k == 0)
+
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """How the calibration faces are cut: `batch_size` faces per ORT run, `chunk_batches` runs
+    collected before the calibrator folds them into its ranges and drops them."""
+
+    batch_size: int
+    chunk_batches: int
+    activation_bytes_per_image: int
+
+    @property
+    def chunk_bytes(self) -> int:
+        return self.batch_size * self.chunk_batches * self.activation_bytes_per_image
+
+
+def activation_bytes_per_image(proto: Any) -> int:
+    """Bytes of the float tensors a calibrator collects for one image (every float activation
+    with a shape; the graph outputs and input included), from the shapes in the graph."""
+    import onnx
+
+    float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    initializers = {init.name for init in proto.graph.initializer}
+    infos = {info.name: info for info in (*proto.graph.input, *proto.graph.value_info, *proto.graph.output)}
+    total = 0
+    for name, info in infos.items():
+        tensor_type = info.type.tensor_type
+        if name in initializers or tensor_type.elem_type not in float_types:
+            continue
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).itemsize
+        # Unknown dims (the batch axis, anything shape inference left open) count as 1.
+        per_image = 1
+        for dim in tensor_type.shape.dim[1:]:
+            per_image *= dim.dim_value if dim.HasField("dim_value") else 1
+        total += per_image * itemsize
+    return total
+
+
+def calibration_plan(n_images: int, bytes_per_image: int, chunk_bytes: int = CALIB_CHUNK_BYTES) -> CalibrationPlan:
+    """The largest equal batches and chunks whose activations fit in `chunk_bytes` (at least one
+    image per chunk, however large)."""
+    images_per_chunk = max(1, chunk_bytes // max(1, bytes_per_image))
+    batch_size = largest_divisor(n_images, min(CALIB_BATCH, images_per_chunk))
+    n_batches = max(1, n_images // batch_size)
+    chunk_batches = largest_divisor(n_batches, max(1, images_per_chunk // batch_size))
+    return CalibrationPlan(batch_size, chunk_batches, bytes_per_image)
 
 
 POOL_OP_TYPES = {"GlobalAveragePool", "ReduceMean"}
@@ -121,8 +170,10 @@ def quantize_static_int8(
     method: str = "percentile",
     activation_type: str = "quint8",
     keep_head_float: bool = True,
+    chunk_bytes: int = CALIB_CHUNK_BYTES,
 ) -> list[str]:
-    """QDQ static quantization, per-channel int8 weights. Returns the nodes kept in float."""
+    """QDQ static quantization, per-channel int8 weights, calibrated chunk by chunk so that at
+    most about `chunk_bytes` of activations are held at once. Returns the nodes kept in float."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -132,8 +183,15 @@ def quantize_static_int8(
         "percentile": CalibrationMethod.Percentile,
     }[method]
     activations = {"quint8": QuantType.QUInt8, "qint8": QuantType.QInt8}[activation_type]
-    excluded = head_node_names(onnx.load(str(prepared_path))) if keep_head_float else []
-    reader = FaceCalibrationReader(calib_images, largest_divisor(len(calib_images), CALIB_BATCH))
+    prepared = onnx.load(str(prepared_path))
+    excluded = head_node_names(prepared) if keep_head_float else []
+    plan = calibration_plan(len(calib_images), activation_bytes_per_image(prepared), chunk_bytes)
+    del prepared
+    log.info(
+        "int8: calibrating %d faces in batches of %d, %d batches (%.0f MB of activations) per chunk",
+        len(calib_images), plan.batch_size, plan.chunk_batches, plan.chunk_bytes / 2**20,
+    )
+    reader = FaceCalibrationReader(calib_images, plan.batch_size)
     # ORT's histogram calibrators print() a line per chunk; our progress bar says the same.
     with contextlib.redirect_stdout(io.StringIO()):
         quantize_static(
@@ -146,7 +204,7 @@ def quantize_static_int8(
             weight_type=QuantType.QInt8,
             calibrate_method=calibrate_method,
             nodes_to_exclude=excluded,
-            extra_options={"CalibStridedMinMax": largest_divisor(len(reader), CALIB_CHUNK_BATCHES)},
+            extra_options={"CalibStridedMinMax": plan.chunk_batches},
         )
     return excluded
 

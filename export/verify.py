@@ -15,6 +15,9 @@ from agetool.errors import AgetoolError
 FIXED_BATCH_SIZE = 16
 RANDOM_BATCH_SEED = 0
 PREDICT_BATCH = 32
+# TensorFlow's heap keeps what a batch's activations took: 8 faces instead of 32 lowered a
+# load-predict-convert run of ResNet50 at 224 px from 3.6 to 3.3 GB peak RSS.
+KERAS_PREDICT_BATCH = 8
 TIMING_RUNS = 7
 TIMING_WARMUP = 2
 
@@ -68,8 +71,8 @@ def keras_predict(model: Any, images: np.ndarray) -> np.ndarray:
     if len(images) == 0:
         return np.zeros((0,), dtype=np.float32)
     parts = [
-        np.asarray(_age_output(model.predict_on_batch(images[i : i + PREDICT_BATCH]))).reshape(-1)
-        for i in range(0, len(images), PREDICT_BATCH)
+        np.asarray(_age_output(model.predict_on_batch(images[i : i + KERAS_PREDICT_BATCH]))).reshape(-1)
+        for i in range(0, len(images), KERAS_PREDICT_BATCH)
     ]
     return np.concatenate(parts).astype(np.float32)
 
