@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from agetool.edge_runtime.central_db import CentralTarget, central_instance, connect, import_psycopg, require_latest
+from agetool.edge_runtime.central_db import (
+    ROLLUPS, CentralTarget, central_instance, connect, import_psycopg, require_latest,
+)
 from agetool.edge_runtime.sync_specs import (
     SPECS, Batch, StoreMismatch, TableSpec, bind_central, mark_sent, prepare_state, read_batch, reset_marks,
 )
@@ -77,8 +79,12 @@ def _upsert(conn: "psycopg.Connection[Any]", table: str, columns: tuple[str, ...
             for row in rows:
                 copy.write_row((store_id, *row))
         action = ("DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in replace)) if replace else "DO NOTHING"
-        cur.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(names)} FROM {stage} "
-                    f"ON CONFLICT (store_id, {', '.join(key)}) {action}")
+        insert = (f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(names)} FROM {stage} "
+                  f"ON CONFLICT (store_id, {', '.join(key)}) {action}")
+        if table in ROLLUPS:
+            returning, rollup = ROLLUPS[table]
+            insert = f"WITH new AS ({insert} RETURNING {returning}) {rollup}"
+        cur.execute(insert)
 
 
 def send_batch(conn: "psycopg.Connection[Any]", batch: Batch, store_id: str) -> None:

@@ -246,6 +246,59 @@ def test_server_stops_during_sync_then_backoff_and_catch_up(tmp_path, psycopg, c
         cluster.destroy()
 
 
+def test_compliance_outcomes_sync_once_with_chains_that_verify_and_stay_until_sent(tmp_path, central_url, psycopg):
+    from agetool.contract import Challenge25Policy
+    from agetool.edge_runtime.compliance import RECORD_COLUMNS, ComplianceDraft, ComplianceRules, evaluate, row_hash
+    from agetool.edge_runtime.config import ComplianceConfig
+    from agetool.edge_runtime.decide import decide
+    from agetool.edge_runtime.central_sync import sync_till
+    from agetool.edge_runtime.sync_specs import prepare_state
+    from agetool.edge_runtime.track import AgeEstimate
+
+    policy = Challenge25Policy(policy_age_years=25, buffer_years=1.0)
+    rules = ComplianceRules.from_config(ComplianceConfig(cashier_key="central-test-key-0123456789"), policy)
+    old_day = datetime(2026, 11, 1, 12, tzinfo=timezone.utc).timestamp()
+    till = tmp_path / "store.sqlite"
+    store = AnalyticsStore(till, 3650, 3600, clock=lambda: NOW, compliance_retention_days=3650)
+    store.submit(lambda db: prepare_state(db, "S1"))
+    for i in range(7):
+        wall_s = old_day if i < 3 else T12
+        decision = decide("till-1", AgeEstimate(17.0 + 10 * i, 12.0, 80.0, 5), i, policy, wall_s)
+        body = parse_receipt(json.dumps({"receipt_id": f"C{i}", "total": 9.5, "cashier_id": "0042",
+                                         "id_check": "performed" if i % 2 else "not_performed",
+                                         "items": [{"sku": "B", "category": "alcohol", "quantity": 1}]}).encode())
+        draft = evaluate("till-1", body, decision, None, rules, wall_s)
+        store.record_sale("till-1", body, tag_band(decision.age_years, decision.lower_years, decision.upper_years,
+                                                    0.5), draft, wall_s)
+    store.stop()
+    # 1-day compliance retention before any sync: the old day's three outcomes must stay.
+    AnalyticsStore(till, 3650, 3600, clock=lambda: NOW, compliance_retention_days=1).stop()
+    with sqlite3.connect(till) as db:
+        assert db.execute("SELECT COUNT(*) FROM compliance").fetchone()[0] == 7
+    target = CentralTarget(central_url)
+    assert sync_till(target, till, "S1", batch_rows=2).rows["compliance"] == 7
+    assert "compliance" not in sync_till(target, till, "S1").rows  # nothing new: nothing sent
+    with sqlite3.connect(till) as db:  # as if the centre committed but the till never marked it
+        db.execute("UPDATE central_sync_state SET high_water = 0 WHERE table_name = 'compliance'")
+    assert sync_till(target, till, "S1", batch_rows=3).rows["compliance"] == 7
+    with psycopg.connect(central_url) as conn:
+        rows = conn.execute(f"SELECT {', '.join(RECORD_COLUMNS)} FROM compliance WHERE store_id = 'S1' "
+                            "ORDER BY seq").fetchall()
+    assert [row[RECORD_COLUMNS.index("receipt_id")] for row in rows] == [f"C{i}" for i in range(7)]
+    # The central copy is the till's chain: every hash recomputes from the columns the centre holds.
+    draft_names = [c for c in RECORD_COLUMNS if c not in ("seq", "prev_hash", "row_hash")]
+    for row in rows:
+        record = dict(zip(RECORD_COLUMNS, row))
+        record["recorded_at_utc"] = record["recorded_at_utc"].strftime("%Y-%m-%dT%H:%M:%SZ")
+        record["day"] = record["day"].isoformat()
+        draft = ComplianceDraft(**{c: record[c] for c in draft_names})
+        assert row_hash(record["prev_hash"], record["seq"], draft) == record["row_hash"]
+    # Now that the centre has them, the old day goes.
+    AnalyticsStore(till, 3650, 3600, clock=lambda: NOW, compliance_retention_days=1).stop()
+    with sqlite3.connect(till) as db:
+        assert db.execute("SELECT COUNT(*) FROM compliance").fetchone()[0] == 4
+
+
 def test_sslmode_reaches_the_connection(tmp_path, central_url):
     till = tmp_path / "store.sqlite"
     AnalyticsStore(till, 3650, 3600, clock=lambda: NOW).stop()
@@ -389,7 +442,7 @@ def test_bad_url_and_unmigrated_database_are_one_line_errors(tmp_path, pg_admin_
         assert password_of(pg_admin_url) not in empty.stderr and "Traceback" not in empty.stderr
         migrated = subprocess.run([*AGETOOL, "central", "migrate", "--db", with_database(pg_admin_url, name)],
                                   capture_output=True, text=True)
-        assert migrated.returncode == 0 and "schema version 0 -> 1" in migrated.stderr
+        assert migrated.returncode == 0 and "schema version 0 -> 2" in migrated.stderr
         assert password_of(pg_admin_url) not in migrated.stderr and "***" in migrated.stderr
     finally:
         with psycopg.connect(pg_admin_url, autocommit=True) as admin:
