@@ -89,6 +89,27 @@ def central_url(pg_admin_url, psycopg):
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@pytest.fixture(scope="module")
+def central_once(pg_admin_url, psycopg, tmp_path_factory):
+    """One migrated central database with two generated tills synced (2026-11-02 and -03), shared
+    by the read-only tests of this module."""
+    from agetool.edge_runtime.central_sync import sync_till
+
+    name = f"agetool_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    url = with_database(pg_admin_url, name)
+    migrate_central(CentralTarget(url))
+    folder = tmp_path_factory.mktemp("tills")
+    for index, store in enumerate(("S1", "S2")):
+        till = folder / f"{store}.sqlite"
+        generate_till(till, index, TillShape(lanes=2, days=2, receipts_per_lane_day=40))
+        sync_till(CentralTarget(url), till, store, batch_rows=30)
+    yield url
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def central_counts(psycopg, url: str, store: str | None = None) -> dict[str, int]:
     where = "WHERE store_id = %(s)s" if store else ""
     with psycopg.connect(url) as conn:
@@ -401,6 +422,34 @@ def test_chain_report_adds_up_the_tills_and_suppresses_after_the_sums(tmp_path, 
     s1 = (tmp_path / "s1" / "report.md").read_text()
     assert table_row(s1, "till-1") == table_row(reports["S1"], "till-1")
     assert table_row(s1, "25-34") == table_row(reports["S1"], "25-34")
+
+
+@pytest.mark.parametrize("since, until", [
+    (None, None), ("2026-11-03", None), ("2026-11-02T13:30Z", "2026-11-03T09:00Z"),
+    ("2026-11-02T13:30Z", "2026-11-02T17:00Z"), (None, "2026-11-02T12:00Z"), ("2026-11-02T10:00Z", "2026-11-03"),
+])
+def test_report_categories_from_daily_sums_equal_the_item_lines(central_once, psycopg, since, until):
+    """Whole days come from the sums kept at sync time, cut days from the lines: both must give what
+    summing every line of the period gives."""
+    from agetool.edge_runtime.analytics_report import make_period
+    from agetool.edge_runtime.central_db import connect
+    from agetool.edge_runtime.central_report import category_sums
+
+    url = central_once
+    period = make_period(since, until)
+    with connect(CentralTarget(url)) as conn:
+        for store in (None, "S1"):
+            sums = category_sums(conn, period, store)
+            lines = conn.execute(
+                "SELECT band, category, COUNT(*) FILTER (WHERE first_in_category), SUM(quantity) FROM receipt_items "
+                "WHERE (recorded_at_utc >= %(s)s OR %(s)s::timestamptz IS NULL) "
+                "AND (recorded_at_utc < %(u)s OR %(u)s::timestamptz IS NULL) "
+                "AND (store_id = %(st)s OR %(st)s::text IS NULL) GROUP BY 1, 2",
+                {"s": period.since, "u": period.until, "st": store}).fetchall()
+            got = {(r.band, r.category): (int(r.receipts), round(float(r.units), 6)) for r in sums.itertuples()
+                   if r.receipts or r.units}
+            assert got == {(b, c): (n, round(u, 6)) for b, c, n, u in lines}
+            assert got, "the period must hold some lines, or the comparison says nothing"
 
 
 def test_background_syncer_sends_through_the_daemons_writer(tmp_path, central_url, psycopg):
