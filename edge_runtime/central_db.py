@@ -251,6 +251,8 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "CREATE INDEX receipt_items_time_brin ON receipt_items USING brin (recorded_at_utc)",
             "DROP INDEX receipts_day",
             "CREATE INDEX receipts_time_brin ON receipts USING brin (recorded_at_utc)",
+            "DROP INDEX band_counts_day",
+            "CREATE INDEX band_counts_time_brin ON band_counts USING brin (hour_utc)",
         ),
     ),
 )

@@ -191,12 +191,13 @@ class Batch:
         return len(self.rows) + sum(len(rows) for rows in self.children.values())
 
 
-def read_batch(db: sqlite3.Connection, spec: TableSpec, limit: int) -> Batch | None:
-    """The next rows the centre lacks, oldest first; None when there are none."""
+def read_batch(db: sqlite3.Connection, spec: TableSpec, limit: int, after: int | None = None) -> Batch | None:
+    """The next rows the centre lacks, oldest first; None when there are none. Append tables: the
+    rows after `after` (a batch read but not marked sent yet), else after the high-water mark."""
     if not table_exists(db, spec.name):
         return None
     if spec.kind == "append":
-        low = high_water(db, spec.name)
+        low = high_water(db, spec.name) if after is None else after
         raw = db.execute(spec.select, (low, limit)).fetchall()
         if not raw:
             return None
