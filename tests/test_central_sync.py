@@ -123,6 +123,18 @@ def central_counts(psycopg, url: str, store: str | None = None) -> dict[str, int
         }
 
 
+def assert_item_sums_match_lines(psycopg, url: str) -> None:
+    """The daily sums the sync keeps add up to the item lines the centre holds: a resent batch
+    added nothing to them."""
+    with psycopg.connect(url) as conn:
+        sums = conn.execute("SELECT store_id, day, band, category, receipts, units FROM receipt_items_daily "
+                            "ORDER BY 1, 2, 3, 4").fetchall()
+        lines = conn.execute("SELECT store_id, (recorded_at_utc AT TIME ZONE 'UTC')::date, band, category, "
+                             "COUNT(*) FILTER (WHERE first_in_category), SUM(quantity) FROM receipt_items "
+                             "GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4").fetchall()
+    assert sums and sums == lines
+
+
 def till_counts(path: Path) -> dict[str, int]:
     with sqlite3.connect(path) as db:
         return {
@@ -167,6 +179,7 @@ def test_sync_twice_and_a_repeated_batch_store_each_row_once(tmp_path, central_u
     resent = sync_cli(central_url, till, "S1", "--batch-rows", "25")
     assert resent.returncode == 0 and "receipts" in resent.stderr
     assert central_counts(psycopg, central_url) == till_counts(till)
+    assert_item_sums_match_lines(psycopg, central_url)
     assert password_of(central_url) not in first.stderr + second.stderr + resent.stderr
 
 
@@ -234,6 +247,7 @@ def test_sigkill_mid_sync_then_rerun_gives_exact_counts(tmp_path, central_url, p
     rerun = sync_cli(central_url, till, "S1", "--batch-rows", "500")
     assert rerun.returncode == 0, rerun.stderr
     assert central_counts(psycopg, central_url) == till_counts(till)
+    assert_item_sums_match_lines(psycopg, central_url)
 
 
 def test_server_stops_during_sync_then_backoff_and_catch_up(tmp_path, psycopg, caplog):
