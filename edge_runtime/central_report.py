@@ -128,6 +128,7 @@ def query_tables(conn: "psycopg.Connection[Any]", period: Period, store: str | N
                  ) -> tuple["pd.DataFrame", "pd.DataFrame", "pd.DataFrame"]:
     """(shoppers per unit x hour of day x band, receipts per band, receipts and units per band x
     category), summed on the server. The unit is the store chain-wide, the lane for one store."""
+    conn.execute(f"SET work_mem = '{REPORT_WORK_MEM}'")
     params = {"since": period.since, "until": period.until, "store": store}
     shoppers_sql = SHOPPERS_SQL.replace("{unit}", "lane" if store else "store_id")
     counts = _frame(conn, shoppers_sql, params, ["lane", "hour_of_day", "band", "shoppers"])
@@ -155,7 +156,6 @@ def build_central_report(
         raise AgetoolError(f"--db {target.masked}: cannot connect ({exc})") from None
     try:
         require_latest(conn, target)
-        conn.execute(f"SET work_mem = '{REPORT_WORK_MEM}'")
         if store is not None and conn.execute("SELECT 1 FROM stores WHERE store_id = %s", (store,)).fetchone() is None:
             raise AgetoolError(f"--store {store!r}: no such store in {target.masked} (not synced yet?)")
         counts, table, categories = query_tables(conn, period, store)
