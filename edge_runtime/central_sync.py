@@ -38,7 +38,7 @@ T = TypeVar("T")
 # (AnalyticsStore.submit) or, from the command line, a connection of the sync's own.
 TillWriter = Callable[[Callable[[sqlite3.Connection], T]], T]
 
-DEFAULT_BATCH_ROWS = 5000
+DEFAULT_BATCH_ROWS = 10000  # a catch-up batch: about 30 MB of rows on the till, two with the read-ahead
 STORE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 
 
