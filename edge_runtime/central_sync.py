@@ -72,16 +72,17 @@ def _stage(conn: "psycopg.Connection[Any]", table: str, columns: tuple[str, ...]
 
 
 def _upsert(conn: "psycopg.Connection[Any]", table: str, columns: tuple[str, ...], key: tuple[str, ...],
-            rows: list[tuple[Any, ...]], store_id: str, replace: tuple[str, ...] = ()) -> None:
+            rows: list[tuple[Any, ...]], store_id: str, replace: tuple[str, ...] = (), all_new: bool = True) -> None:
     """COPY `rows` (without store_id) into a staging table, then insert them into `table`: rows
     whose key is there already are ignored, or have their `replace` columns overwritten; the
     table's sums (central_db.ROLLUPS) grow by the rows really inserted.
 
-    Appends try a plain INSERT first, under a savepoint: their rows are new unless a sync died
-    between the centre's COMMIT and the till's mark, and a plain insert costs half to two thirds
-    of an ON CONFLICT one, which checks each key before inserting. A duplicate key (one ERROR line
-    in the server's log) rolls the savepoint back and the upsert runs instead. Replacements (band
-    counts of an hour still growing) conflict on most syncs, so they go straight to the upsert."""
+    When the till has sent none of the rows before (`all_new`: always for appends, and band counts
+    of hours not sent yet) a plain INSERT goes first, under a savepoint: the rows are new unless a
+    sync died between the centre's COMMIT and the till's mark, and a plain insert costs half to two
+    thirds of an ON CONFLICT one, which checks each key before inserting. A duplicate key (one
+    ERROR line in the server's log) rolls the savepoint back and the upsert runs instead. Rows sent
+    before (an hour still growing) go straight to the upsert."""
     if not rows:
         return
     psycopg = import_psycopg()
@@ -94,7 +95,7 @@ def _upsert(conn: "psycopg.Connection[Any]", table: str, columns: tuple[str, ...
         with cur.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
-        if not replace:
+        if all_new:
             try:
                 with conn.transaction():
                     cur.execute(f"WITH new AS ({insert} RETURNING {returning}) {rollup}" if rollup else insert,
@@ -112,7 +113,7 @@ def send_batch(conn: "psycopg.Connection[Any]", batch: Batch, store_id: str) -> 
     spec = batch.spec
     with conn.transaction():
         replace = spec.value_columns if spec.kind == "latest" else ()
-        _upsert(conn, spec.name, spec.columns, spec.key, batch.rows, store_id, replace)
+        _upsert(conn, spec.name, spec.columns, spec.key, batch.rows, store_id, replace, batch.all_new)
         for child in spec.children:
             _upsert(conn, child.name, child.columns, child.key, batch.children[child.name], store_id)
         conn.execute("INSERT INTO stores (store_id) VALUES (%s) "

@@ -52,7 +52,8 @@ class TableSpec:
     columns: tuple[str, ...]  # central columns after store_id, in the order `select` gives them
     key: tuple[str, ...]  # natural key after store_id (the central primary key)
     # append: rows after a rowid (?), oldest first, at most ? of them, with the rowid as the LAST column.
-    # latest: rows whose value differs from the one last sent, oldest first, at most ?.
+    # latest: rows whose value differs from the one last sent, oldest first, at most ?, with as the LAST
+    # column whether a value of the row was sent before.
     select: str
     value_columns: tuple[str, ...] = ()  # latest: what the centre replaces on a key it has
     high_water: str = "rowid"  # append: a column that only grows (rowid, or an AUTOINCREMENT key)
@@ -106,7 +107,7 @@ BAND_COUNTS = TableSpec(
     columns=("hour_utc", "lane", "band", "shoppers"),
     key=("hour_utc", "lane", "band"),
     value_columns=("shoppers",),
-    select="SELECT b.hour_utc, b.lane, b.band, b.shoppers FROM band_counts b "
+    select="SELECT b.hour_utc, b.lane, b.band, b.shoppers, s.shoppers IS NOT NULL FROM band_counts b "
            "LEFT JOIN central_sent_band_counts s ON s.hour_utc = b.hour_utc AND s.lane = b.lane AND s.band = b.band "
            "WHERE s.shoppers IS NULL OR s.shoppers != b.shoppers ORDER BY b.hour_utc, b.lane, b.band LIMIT ?",
 )
@@ -185,6 +186,9 @@ class Batch:
     rows: list[tuple[Any, ...]]
     children: dict[str, list[tuple[Any, ...]]]
     new_high_water: int | None  # append tables
+    # No row of it was sent before (appends: always): the centre should have none of them, so a plain
+    # insert is tried first (central_sync._upsert).
+    all_new: bool = True
 
     @property
     def size(self) -> int:
@@ -207,8 +211,10 @@ def read_batch(db: sqlite3.Connection, spec: TableSpec, limit: int, after: int |
             rows = db.execute(child.select, (low, high)).fetchall()
             children[child.name] = child.derive(rows) if child.derive is not None else rows
         return Batch(spec, [row[:-1] for row in raw], children, high)
-    rows = db.execute(spec.select, (limit,)).fetchall()
-    return Batch(spec, rows, {}, None) if rows else None
+    raw = db.execute(spec.select, (limit,)).fetchall()
+    if not raw:
+        return None
+    return Batch(spec, [row[:-1] for row in raw], {}, None, all_new=not any(row[-1] for row in raw))
 
 
 def mark_sent(db: sqlite3.Connection, batch: Batch) -> None:
