@@ -37,7 +37,7 @@ def free_port() -> int:
 class ThrowawayCluster:
     """initdb + pg_ctl start in a temporary folder; stop() removes it."""
 
-    def __init__(self, fsync: bool = False) -> None:
+    def __init__(self, fsync: bool = False, settings: dict[str, str] | None = None) -> None:
         # fsync off (tests): a killed server keeps what it committed (the OS has it), a crashed
         # machine would not. synchronous_commit stays on: the till trusts a COMMIT it was answered.
         bin_dir = server_bin_dir()
@@ -46,6 +46,7 @@ class ThrowawayCluster:
         self.bin_dir = bin_dir
         self.port = free_port()
         self.fsync = fsync
+        self.settings = dict(settings or {})  # server settings (-c name=value) beyond those below
         self.root = Path(tempfile.mkdtemp(prefix="agetool-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
@@ -76,13 +77,18 @@ class ThrowawayCluster:
 
     def start(self) -> "ThrowawayCluster":
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=50"
-                   + ("" if self.fsync else " -c fsync=off -c full_page_writes=off"))
+                   + ("" if self.fsync else " -c fsync=off -c full_page_writes=off")
+                   + "".join(f" -c {name}={value}" for name, value in self.settings.items()))
         result = self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "-t", "60",
                            "start", check=False)
         if result.returncode != 0:
             log_text = self.log.read_text() if self.log.exists() else ""
             raise RuntimeError(f"pg_ctl start failed: {result.stderr.strip()} {log_text[-2000:]}")
         return self
+
+    def postmaster_pid(self) -> int:
+        """The running server's process id (first line of postmaster.pid)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)

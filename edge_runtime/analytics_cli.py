@@ -84,7 +84,7 @@ def sync(
                            "password in $PGPASSWORD or ~/.pgpass rather than on the command line)."),
     store_id: Optional[str] = typer.Option(None, "--store-id", help="This till's store (default: the host name)."),
     db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
-    batch_rows: int = typer.Option(5000, "--batch-rows", help="Rows per central transaction."),
+    batch_rows: int = typer.Option(10000, "--batch-rows", help="Rows per central transaction."),
     retries: int = typer.Option(8, "--retries", help="Retries in a row (1, 2, 4 ... 60 s apart) before giving up."),
     sslmode: Optional[str] = typer.Option(None, "--sslmode", help=SSLMODE_HELP),
     sslrootcert: Optional[Path] = typer.Option(None, "--sslrootcert", help=SSLROOTCERT_HELP),

@@ -14,11 +14,15 @@ import socket
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generator, TypeVar
 
-from agetool.edge_runtime.central_db import CentralTarget, central_instance, connect, import_psycopg, require_latest
+from agetool.edge_runtime.central_db import (
+    ROLLUPS, CentralTarget, central_instance, connect, import_psycopg, require_latest,
+)
 from agetool.edge_runtime.sync_specs import (
     SPECS, Batch, StoreMismatch, TableSpec, bind_central, mark_sent, prepare_state, read_batch, reset_marks,
 )
@@ -34,7 +38,7 @@ T = TypeVar("T")
 # (AnalyticsStore.submit) or, from the command line, a connection of the sync's own.
 TillWriter = Callable[[Callable[[sqlite3.Connection], T]], T]
 
-DEFAULT_BATCH_ROWS = 5000
+DEFAULT_BATCH_ROWS = 10000  # a catch-up batch: about 30 MB of rows on the till, two with the read-ahead
 STORE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 
 
@@ -58,27 +62,50 @@ class SyncResult:
 
 
 # --- Central side ---------------------------------------------------------------------------------
-def _stage(conn: "psycopg.Connection[Any]", table: str) -> str:
+def _stage(conn: "psycopg.Connection[Any]", table: str, columns: tuple[str, ...]) -> str:
+    """A temporary table (no WAL, emptied at each commit) for `columns` of `table`, the store id left
+    out: the insert adds it, so the till does not send it with every row."""
     stage = f"agetool_stage_{table}"
-    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS")
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
+                 f"SELECT {', '.join(columns)} FROM {table} WITH NO DATA")
     return stage
 
 
 def _upsert(conn: "psycopg.Connection[Any]", table: str, columns: tuple[str, ...], key: tuple[str, ...],
-            rows: list[tuple[Any, ...]], store_id: str, replace: tuple[str, ...] = ()) -> None:
+            rows: list[tuple[Any, ...]], store_id: str, replace: tuple[str, ...] = (), all_new: bool = True) -> None:
     """COPY `rows` (without store_id) into a staging table, then insert them into `table`: rows
-    whose key is there already are ignored, or have their `replace` columns overwritten."""
+    whose key is there already are ignored, or have their `replace` columns overwritten; the
+    table's sums (central_db.ROLLUPS) grow by the rows really inserted.
+
+    When the till has sent none of the rows before (`all_new`: always for appends, and band counts
+    of hours not sent yet) a plain INSERT goes first, under a savepoint: the rows are new unless a
+    sync died between the centre's COMMIT and the till's mark, and a plain insert costs half to two
+    thirds of an ON CONFLICT one, which checks each key before inserting. A duplicate key (one
+    ERROR line in the server's log) rolls the savepoint back and the upsert runs instead. Rows sent
+    before (an hour still growing) go straight to the upsert."""
     if not rows:
         return
-    stage = _stage(conn, table)
-    names = ("store_id",) + columns
+    psycopg = import_psycopg()
+    stage = _stage(conn, table, columns)
+    names = ", ".join(columns)
+    returning, rollup = ROLLUPS.get(table, ("", ""))
+    insert = f"INSERT INTO {table} (store_id, {names}) SELECT %(store_id)s, {names} FROM {stage}"
+    params = {"store_id": store_id}
     with conn.cursor() as cur:
-        with cur.copy(f"COPY {stage} ({', '.join(names)}) FROM STDIN") as copy:
+        with cur.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
             for row in rows:
-                copy.write_row((store_id, *row))
+                copy.write_row(row)
+        if all_new:
+            try:
+                with conn.transaction():
+                    cur.execute(f"WITH new AS ({insert} RETURNING {returning}) {rollup}" if rollup else insert,
+                                params)
+                return
+            except psycopg.errors.UniqueViolation:
+                log.debug("central table %s: some of these rows are there already; upserting", table)
         action = ("DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in replace)) if replace else "DO NOTHING"
-        cur.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(names)} FROM {stage} "
-                    f"ON CONFLICT (store_id, {', '.join(key)}) {action}")
+        upsert = f"{insert} ON CONFLICT (store_id, {', '.join(key)}) {action}"
+        cur.execute(f"WITH new AS ({upsert} RETURNING {returning}) {rollup}" if rollup else upsert, params)
 
 
 def send_batch(conn: "psycopg.Connection[Any]", batch: Batch, store_id: str) -> None:
@@ -86,7 +113,7 @@ def send_batch(conn: "psycopg.Connection[Any]", batch: Batch, store_id: str) -> 
     spec = batch.spec
     with conn.transaction():
         replace = spec.value_columns if spec.kind == "latest" else ()
-        _upsert(conn, spec.name, spec.columns, spec.key, batch.rows, store_id, replace)
+        _upsert(conn, spec.name, spec.columns, spec.key, batch.rows, store_id, replace, batch.all_new)
         for child in spec.children:
             _upsert(conn, child.name, child.columns, child.key, batch.children[child.name], store_id)
         conn.execute("INSERT INTO stores (store_id) VALUES (%s) "
@@ -115,10 +142,28 @@ def local_writer(sqlite_path: Path) -> tuple[TillWriter[Any], Callable[[], None]
 
 
 def open_reader(sqlite_path: Path) -> sqlite3.Connection:
-    """A read connection (WAL: it never blocks the daemon's writer)."""
-    db = sqlite3.connect(str(sqlite_path), timeout=10.0, isolation_level=None)
+    """A read connection (WAL: it never blocks the daemon's writer); used by one thread at a time,
+    not always the one that opened it (_batches reads ahead in a worker)."""
+    db = sqlite3.connect(str(sqlite_path), timeout=10.0, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA query_only=ON")
     return db
+
+
+def _batches(reader: sqlite3.Connection, spec: TableSpec, batch_rows: int) -> Generator[Batch, None, None]:
+    """The spec's batches, oldest first. For append tables the next batch is read from the till (in
+    a worker thread) while the caller sends this one: the till's reading and the server's inserting
+    overlap instead of taking turns. It starts after this batch's rows, so nothing depends on the
+    caller marking it sent first; a batch the caller never sends is simply read again next pass.
+    "Latest" tables are read after each mark, which decides what is still to send."""
+    if spec.kind != "append":
+        while (batch := _read(reader, spec, batch_rows)) is not None:
+            yield batch
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="till-read") as pool:
+        ahead = pool.submit(_read, reader, spec, batch_rows)
+        while (batch := ahead.result()) is not None:
+            ahead = pool.submit(_read, reader, spec, batch_rows, batch.new_high_water)
+            yield batch
 
 
 def sync_pass(
@@ -147,13 +192,14 @@ def sync_pass(
                 log.warning("central database %s is not the one %s was last synced to: sending every row "
                             "again (rows it has already are kept once)", target.masked, sqlite_path)
             for spec in SPECS:
-                while (batch := _read(reader, spec, batch_rows)) is not None:
-                    send_batch(conn, batch, store_id)
-                    write(lambda db, b=batch: mark_sent(db, b))
-                    result.rows[spec.name] = result.rows.get(spec.name, 0) + batch.size
-                    result.batches += 1
-                    if on_batch is not None:
-                        on_batch(spec.name, batch.size)
+                with closing(_batches(reader, spec, batch_rows)) as batches:  # its read-ahead ends here
+                    for batch in batches:
+                        send_batch(conn, batch, store_id)
+                        write(lambda db, b=batch: mark_sent(db, b))
+                        result.rows[spec.name] = result.rows.get(spec.name, 0) + batch.size
+                        result.batches += 1
+                        if on_batch is not None:
+                            on_batch(spec.name, batch.size)
         finally:
             conn.close()
     finally:
@@ -161,11 +207,11 @@ def sync_pass(
     return result
 
 
-def _read(reader: sqlite3.Connection, spec: TableSpec, batch_rows: int) -> Batch | None:
+def _read(reader: sqlite3.Connection, spec: TableSpec, batch_rows: int, after: int | None = None) -> Batch | None:
     # One read transaction per batch: the rows and their children come from one snapshot.
     reader.execute("BEGIN")
     try:
-        return read_batch(reader, spec, batch_rows)
+        return read_batch(reader, spec, batch_rows, after)
     finally:
         reader.execute("COMMIT")
 

@@ -274,11 +274,14 @@ def purge_days(db: sqlite3.Connection, now_wall_s: float, retention_days: int) -
     """Delete the oldest rows, whole days of them, keeping today and the `retention_days` before it;
     record the purge (and the last deleted row's hash) so the chain still verifies. The caller holds
     the transaction. Only a prefix of the chain is ever deleted: should the clock have gone back, a
-    late row of an old day waits until every row before it is old too."""
+    late row of an old day waits until every row before it is old too. On a till that syncs, rows the
+    centre lacks stay (sync_specs.retention_guard; still a prefix: it only lowers the bound)."""
+    from agetool.edge_runtime.sync_specs import retention_guard
+
     today = datetime.fromtimestamp(now_wall_s, tz=timezone.utc).date()
     before_day = (today - timedelta(days=retention_days)).isoformat()
     first_kept = db.execute("SELECT MIN(seq) FROM compliance WHERE day >= ?", (before_day,)).fetchone()[0]
-    bound = "seq < ?" if first_kept is not None else "seq <= ?"
+    bound = ("seq < ?" if first_kept is not None else "seq <= ?") + retention_guard(db, "compliance")
     limit = first_kept if first_kept is not None else db.execute("SELECT MAX(seq) FROM compliance").fetchone()[0]
     if limit is None:
         return 0

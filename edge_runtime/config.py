@@ -225,7 +225,7 @@ class CentralSyncConfig(Section):
                           description="This till's store in the central tables.")
     interval_s: float = Field(300.0, ge=1, le=86400, description="Seconds between syncs (a failed one is retried "
                               "sooner, with backoff).")
-    batch_rows: int = Field(5000, ge=1, le=1_000_000, description="Rows per central transaction.")
+    batch_rows: int = Field(10000, ge=1, le=1_000_000, description="Rows per central transaction.")
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = Field(
         None, description="TLS: verify-full checks the server's certificate and name; unset = the URL's sslmode, "
         "else prefer.")

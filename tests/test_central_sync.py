@@ -89,6 +89,27 @@ def central_url(pg_admin_url, psycopg):
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@pytest.fixture(scope="module")
+def central_once(pg_admin_url, psycopg, tmp_path_factory):
+    """One migrated central database with two generated tills synced (2026-11-02 and -03), shared
+    by the read-only tests of this module."""
+    from agetool.edge_runtime.central_sync import sync_till
+
+    name = f"agetool_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    url = with_database(pg_admin_url, name)
+    migrate_central(CentralTarget(url))
+    folder = tmp_path_factory.mktemp("tills")
+    for index, store in enumerate(("S1", "S2")):
+        till = folder / f"{store}.sqlite"
+        generate_till(till, index, TillShape(lanes=2, days=2, receipts_per_lane_day=40))
+        sync_till(CentralTarget(url), till, store, batch_rows=30)
+    yield url
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def central_counts(psycopg, url: str, store: str | None = None) -> dict[str, int]:
     where = "WHERE store_id = %(s)s" if store else ""
     with psycopg.connect(url) as conn:
@@ -100,6 +121,18 @@ def central_counts(psycopg, url: str, store: str | None = None) -> dict[str, int
             "total_cents": int(conn.execute(f"SELECT COALESCE(SUM(total_cents), 0) FROM receipts {where}",
                                             {"s": store}).fetchone()[0]),
         }
+
+
+def assert_item_sums_match_lines(psycopg, url: str) -> None:
+    """The daily sums the sync keeps add up to the item lines the centre holds: a resent batch
+    added nothing to them."""
+    with psycopg.connect(url) as conn:
+        sums = conn.execute("SELECT store_id, day, band, category, receipts, units FROM receipt_items_daily "
+                            "ORDER BY 1, 2, 3, 4").fetchall()
+        lines = conn.execute("SELECT store_id, (recorded_at_utc AT TIME ZONE 'UTC')::date, band, category, "
+                             "COUNT(*) FILTER (WHERE first_in_category), SUM(quantity) FROM receipt_items "
+                             "GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4").fetchall()
+    assert sums and sums == lines
 
 
 def till_counts(path: Path) -> dict[str, int]:
@@ -146,6 +179,7 @@ def test_sync_twice_and_a_repeated_batch_store_each_row_once(tmp_path, central_u
     resent = sync_cli(central_url, till, "S1", "--batch-rows", "25")
     assert resent.returncode == 0 and "receipts" in resent.stderr
     assert central_counts(psycopg, central_url) == till_counts(till)
+    assert_item_sums_match_lines(psycopg, central_url)
     assert password_of(central_url) not in first.stderr + second.stderr + resent.stderr
 
 
@@ -213,6 +247,7 @@ def test_sigkill_mid_sync_then_rerun_gives_exact_counts(tmp_path, central_url, p
     rerun = sync_cli(central_url, till, "S1", "--batch-rows", "500")
     assert rerun.returncode == 0, rerun.stderr
     assert central_counts(psycopg, central_url) == till_counts(till)
+    assert_item_sums_match_lines(psycopg, central_url)
 
 
 def test_server_stops_during_sync_then_backoff_and_catch_up(tmp_path, psycopg, caplog):
@@ -244,6 +279,59 @@ def test_server_stops_during_sync_then_backoff_and_catch_up(tmp_path, psycopg, c
         assert "retry" in caplog.text and "***" in caplog.text and PASSWORD not in caplog.text
     finally:
         cluster.destroy()
+
+
+def test_compliance_outcomes_sync_once_with_chains_that_verify_and_stay_until_sent(tmp_path, central_url, psycopg):
+    from agetool.contract import Challenge25Policy
+    from agetool.edge_runtime.compliance import RECORD_COLUMNS, ComplianceDraft, ComplianceRules, evaluate, row_hash
+    from agetool.edge_runtime.config import ComplianceConfig
+    from agetool.edge_runtime.decide import decide
+    from agetool.edge_runtime.central_sync import sync_till
+    from agetool.edge_runtime.sync_specs import prepare_state
+    from agetool.edge_runtime.track import AgeEstimate
+
+    policy = Challenge25Policy(policy_age_years=25, buffer_years=1.0)
+    rules = ComplianceRules.from_config(ComplianceConfig(cashier_key="central-test-key-0123456789"), policy)
+    old_day = datetime(2026, 11, 1, 12, tzinfo=timezone.utc).timestamp()
+    till = tmp_path / "store.sqlite"
+    store = AnalyticsStore(till, 3650, 3600, clock=lambda: NOW, compliance_retention_days=3650)
+    store.submit(lambda db: prepare_state(db, "S1"))
+    for i in range(7):
+        wall_s = old_day if i < 3 else T12
+        decision = decide("till-1", AgeEstimate(17.0 + 10 * i, 12.0, 80.0, 5), i, policy, wall_s)
+        body = parse_receipt(json.dumps({"receipt_id": f"C{i}", "total": 9.5, "cashier_id": "0042",
+                                         "id_check": "performed" if i % 2 else "not_performed",
+                                         "items": [{"sku": "B", "category": "alcohol", "quantity": 1}]}).encode())
+        draft = evaluate("till-1", body, decision, None, rules, wall_s)
+        store.record_sale("till-1", body, tag_band(decision.age_years, decision.lower_years, decision.upper_years,
+                                                    0.5), draft, wall_s)
+    store.stop()
+    # 1-day compliance retention before any sync: the old day's three outcomes must stay.
+    AnalyticsStore(till, 3650, 3600, clock=lambda: NOW, compliance_retention_days=1).stop()
+    with sqlite3.connect(till) as db:
+        assert db.execute("SELECT COUNT(*) FROM compliance").fetchone()[0] == 7
+    target = CentralTarget(central_url)
+    assert sync_till(target, till, "S1", batch_rows=2).rows["compliance"] == 7
+    assert "compliance" not in sync_till(target, till, "S1").rows  # nothing new: nothing sent
+    with sqlite3.connect(till) as db:  # as if the centre committed but the till never marked it
+        db.execute("UPDATE central_sync_state SET high_water = 0 WHERE table_name = 'compliance'")
+    assert sync_till(target, till, "S1", batch_rows=3).rows["compliance"] == 7
+    with psycopg.connect(central_url) as conn:
+        rows = conn.execute(f"SELECT {', '.join(RECORD_COLUMNS)} FROM compliance WHERE store_id = 'S1' "
+                            "ORDER BY seq").fetchall()
+    assert [row[RECORD_COLUMNS.index("receipt_id")] for row in rows] == [f"C{i}" for i in range(7)]
+    # The central copy is the till's chain: every hash recomputes from the columns the centre holds.
+    draft_names = [c for c in RECORD_COLUMNS if c not in ("seq", "prev_hash", "row_hash")]
+    for row in rows:
+        record = dict(zip(RECORD_COLUMNS, row))
+        record["recorded_at_utc"] = record["recorded_at_utc"].strftime("%Y-%m-%dT%H:%M:%SZ")
+        record["day"] = record["day"].isoformat()
+        draft = ComplianceDraft(**{c: record[c] for c in draft_names})
+        assert row_hash(record["prev_hash"], record["seq"], draft) == record["row_hash"]
+    # Now that the centre has them, the old day goes.
+    AnalyticsStore(till, 3650, 3600, clock=lambda: NOW, compliance_retention_days=1).stop()
+    with sqlite3.connect(till) as db:
+        assert db.execute("SELECT COUNT(*) FROM compliance").fetchone()[0] == 4
 
 
 def test_sslmode_reaches_the_connection(tmp_path, central_url):
@@ -350,6 +438,34 @@ def test_chain_report_adds_up_the_tills_and_suppresses_after_the_sums(tmp_path, 
     assert table_row(s1, "25-34") == table_row(reports["S1"], "25-34")
 
 
+@pytest.mark.parametrize("since, until", [
+    (None, None), ("2026-11-03", None), ("2026-11-02T13:30Z", "2026-11-03T09:00Z"),
+    ("2026-11-02T13:30Z", "2026-11-02T17:00Z"), (None, "2026-11-02T12:00Z"), ("2026-11-02T10:00Z", "2026-11-03"),
+])
+def test_report_categories_from_daily_sums_equal_the_item_lines(central_once, psycopg, since, until):
+    """Whole days come from the sums kept at sync time, cut days from the lines: both must give what
+    summing every line of the period gives."""
+    from agetool.edge_runtime.analytics_report import make_period
+    from agetool.edge_runtime.central_db import connect
+    from agetool.edge_runtime.central_report import category_sums
+
+    url = central_once
+    period = make_period(since, until)
+    with connect(CentralTarget(url)) as conn:
+        for store in (None, "S1"):
+            sums = category_sums(conn, period, store)
+            lines = conn.execute(
+                "SELECT band, category, COUNT(*) FILTER (WHERE first_in_category), SUM(quantity) FROM receipt_items "
+                "WHERE (recorded_at_utc >= %(s)s OR %(s)s::timestamptz IS NULL) "
+                "AND (recorded_at_utc < %(u)s OR %(u)s::timestamptz IS NULL) "
+                "AND (store_id = %(st)s OR %(st)s::text IS NULL) GROUP BY 1, 2",
+                {"s": period.since, "u": period.until, "st": store}).fetchall()
+            got = {(r.band, r.category): (int(r.receipts), round(float(r.units), 6)) for r in sums.itertuples()
+                   if r.receipts or r.units}
+            assert got == {(b, c): (n, round(u, 6)) for b, c, n, u in lines}
+            assert got, "the period must hold some lines, or the comparison says nothing"
+
+
 def test_background_syncer_sends_through_the_daemons_writer(tmp_path, central_url, psycopg):
     from agetool.edge_runtime.central_sync import Backoff, CentralSyncer
     from agetool.edge_runtime.sync_specs import prepare_state
@@ -389,7 +505,7 @@ def test_bad_url_and_unmigrated_database_are_one_line_errors(tmp_path, pg_admin_
         assert password_of(pg_admin_url) not in empty.stderr and "Traceback" not in empty.stderr
         migrated = subprocess.run([*AGETOOL, "central", "migrate", "--db", with_database(pg_admin_url, name)],
                                   capture_output=True, text=True)
-        assert migrated.returncode == 0 and "schema version 0 -> 1" in migrated.stderr
+        assert migrated.returncode == 0 and "schema version 0 -> 2" in migrated.stderr
         assert password_of(pg_admin_url) not in migrated.stderr and "***" in migrated.stderr
     finally:
         with psycopg.connect(pg_admin_url, autocommit=True) as admin:
