@@ -323,6 +323,9 @@ class Daemon:
 
     # --- processing --------------------------------------------------------------------------
     def _process_loop(self) -> None:
+        # The runtimes set up per-thread state on a thread's first inference (OpenVINO: ~30 ms on
+        # the first frame with a face); pay it here, before the first shopper, not on their frame.
+        self.model.warm_up()
         while not self._stop.is_set():
             self._wake.wait(0.1)
             self._wake.clear()
