@@ -270,3 +270,24 @@ def test_face_margin_reaches_the_metadata(tiny_keras: Path, tmp_path: Path) -> N
     assert OnnxAgeModel(model.parent / "tiny_age.onnx", providers="cpu").metadata.face_margin == FACE_MARGIN
     export_model(ExportOptions(model=model, face_margin=0.02))
     assert OnnxAgeModel(model.parent / "tiny_age.onnx", providers="cpu").metadata.face_margin == pytest.approx(0.02)
+
+
+def test_a_big_model_is_converted_with_a_collection_before_each_tf2onnx_pass(tiny_keras: Path, monkeypatch) -> None:
+    """Models over COLLECT_BETWEEN_PASSES_MIN_BYTES get tf2onnx's own passes, each started after a
+    garbage collection (counted here instead of run); the converted graph still matches Keras."""
+    import onnxruntime as ort
+    from tf2onnx import optimizer
+
+    from agetool.export import fp32
+
+    collections: list[int] = []
+    monkeypatch.setattr(fp32.gc, "collect", lambda *args: collections.append(1) or 0)
+    monkeypatch.setattr(fp32, "COLLECT_BETWEEN_PASSES_MIN_BYTES", 0)  # the tiny model counts as big
+    model = fp32.load_keras_model(tiny_keras)
+    size = fp32.keras_input_size(model, tiny_keras)
+    proto = fp32.convert_keras(model, size, 17)
+    assert len(collections) >= len(optimizer._get_optimizers())  # one per pass, one at the end
+    batch = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    onnx_ages = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0].reshape(-1)
+    assert onnx_ages == pytest.approx(_keras_ages(tiny_keras, batch), abs=1e-3)
