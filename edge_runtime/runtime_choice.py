@@ -60,11 +60,13 @@ def time_runtimes_in_child(path: Path, providers: str, threads: int | None) -> R
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
-        raise AgetoolError(f"model {path}: timing the runtimes took over {CHILD_TIMEOUT_S:.0f} s") from None
+        return RuntimeTimings(openvino_error=f"timing the runtimes took over {CHILD_TIMEOUT_S:.0f} s")
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
+        # A runtime that crashed while timing (the child's exit code says so) leaves ONNX Runtime,
+        # opened here, as the choice: a bad file is then reported by that open.
         reason = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-        raise AgetoolError(f"model {path}: timing the runtimes failed ({reason})")
+        return RuntimeTimings(openvino_error=f"timing the runtimes failed ({reason})")
     timings = RuntimeTimings.model_validate_json(lines[-1])
     if timings.error:
         raise AgetoolError(timings.error)

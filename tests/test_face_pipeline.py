@@ -191,6 +191,16 @@ def test_runtime_auto_leaves_only_the_chosen_runtime_loaded(tiny_onnx_model):
     assert "runtime auto: " + runtime in result.stderr
 
 
+def test_runtime_auto_falls_back_to_onnxruntime_when_the_timing_child_dies(tiny_onnx_model, monkeypatch, caplog):
+    from agetool.edge_runtime import runtime_choice
+
+    monkeypatch.setattr(runtime_choice.sys, "executable", "/bin/false")  # the child exits 1, says nothing
+    with caplog.at_level(logging.WARNING, logger="agetool.edge_runtime.infer"):
+        model = open_age_model(tiny_onnx_model, "auto", "cpu")
+    assert model.runtime == "onnxruntime"
+    assert any("timing the runtimes failed" in r.getMessage() for r in caplog.records)
+
+
 def test_runtime_openvino_without_the_package_is_one_clear_line(tmp_path, tiny_onnx_model):
     # A sitecustomize that hides openvino, as on a till installed without the extra.
     hide = tmp_path / "hide"
