@@ -196,6 +196,18 @@ def prepare_split(config: TrainConfig, run_dir: Path) -> pd.DataFrame:
     return rows
 
 
+def split_for_training(config: TrainConfig, run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(all rows with their split, the training rows, the validation rows), each subsampled to
+    --max-images (validation to a quarter of it); both trainers start from this."""
+    rows = prepare_split(config, run_dir)
+    train_rows = _subsample(rows[rows["split"] == "train"], config.max_images, config.seed)
+    val_limit = None if config.max_images is None else max(2, config.max_images // 4)
+    val_rows = _subsample(rows[rows["split"] == "val"], val_limit, config.seed)
+    if train_rows.empty or val_rows.empty:
+        raise AgetoolError("data folders: the split left no training or no validation image")
+    return rows, train_rows, val_rows
+
+
 def _subsample(rows: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
     if limit is None or len(rows) <= limit:
         return rows
@@ -462,12 +474,7 @@ def train(config: TrainConfig) -> TrainResult:
         keras.config.set_dtype_policy("mixed_bfloat16" if keras.backend.backend() == "jax" else "mixed_float16")
     log.info("backend %s, GPUs %s, mixed precision %s, run dir %s", keras.backend.backend(), gpus or "none", mixed, run_dir)
 
-    rows = prepare_split(config, run_dir)
-    train_rows = _subsample(rows[rows["split"] == "train"], config.max_images, config.seed)
-    val_limit = None if config.max_images is None else max(2, config.max_images // 4)
-    val_rows = _subsample(rows[rows["split"] == "val"], val_limit, config.seed)
-    if train_rows.empty or val_rows.empty:
-        raise AgetoolError("data folders: the split left no training or no validation image")
+    rows, train_rows, val_rows = split_for_training(config, run_dir)
     log.info("decoding %d train and %d val faces at %d px", len(train_rows), len(val_rows), config.input_size)
     x_train, y_train = decode_split(train_rows, config.input_size, config.workers)
     x_val, y_val = decode_split(val_rows, config.input_size, config.workers)

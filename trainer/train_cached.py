@@ -276,8 +276,8 @@ def train_on_cached_features(config: "TrainConfig") -> "TrainResult":
     from agetool.trainer.augment import TillAugment
     from agetool.trainer.model import STD_OUTPUT_NAME, build_model
     from agetool.trainer.train import (
-        TrainResult, _atomic_save, _subsample, _write_json, card_basics, constant_baseline_mae, machine_description,
-        prepare_split,
+        TrainResult, _atomic_save, _write_json, card_basics, constant_baseline_mae, machine_description,
+        split_for_training,
     )
     from agetool.paths import runs_dir
 
@@ -291,12 +291,7 @@ def train_on_cached_features(config: "TrainConfig") -> "TrainResult":
     if not config.resume and (run_dir / "top_state.json").is_file():
         raise AgetoolError(f"{run_dir}: a run is already there; pass --resume to continue it, or --run-dir for a new one")
     keras.utils.set_random_seed(config.seed)
-    rows = prepare_split(config, run_dir)
-    train_rows = _subsample(rows[rows["split"] == "train"], config.max_images, config.seed)
-    val_limit = None if config.max_images is None else max(2, config.max_images // 4)
-    val_rows = _subsample(rows[rows["split"] == "val"], val_limit, config.seed)
-    if train_rows.empty or val_rows.empty:
-        raise AgetoolError("data folders: the split left no training or no validation image")
+    rows, train_rows, val_rows = split_for_training(config, run_dir)
 
     model = build_model(config.backbone, config.input_size, config.weights, head="distribution",
                         head_init=config.head_init, dropout=0.2)
