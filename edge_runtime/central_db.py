@@ -61,8 +61,9 @@ class CentralTarget:
         return match.group("password") if match and match.group("password") else None
 
     def scrub(self, message: str) -> str:
-        """An error message safe to log: URLs masked and the password itself nowhere in it."""
-        message = mask_dsn(message)
+        """An error message safe to log, on one line (libpq's run over several): URLs masked and the
+        password itself nowhere in it."""
+        message = mask_dsn(" ".join(message.split()))
         password = self.password()
         if password and len(password) >= 3:
             message = message.replace(password, "***")

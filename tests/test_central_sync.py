@@ -495,6 +495,11 @@ def test_bad_url_and_unmigrated_database_are_one_line_errors(tmp_path, pg_admin_
     bad = subprocess.run([*AGETOOL, "analytics", "sync", "--to", "mysql://x:pw@h/db", "--db", str(till)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "pw" not in bad.stderr
+    # libpq words a refused connection over two lines; the error stays one
+    refused = subprocess.run([*AGETOOL, "analytics", "report", "--db", "postgresql://u:pw0rd@127.0.0.1:1/x",
+                              "--out", str(tmp_path / "report")], capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "cannot connect" in refused.stderr
+    assert "pw0rd" not in refused.stderr
     name = f"agetool_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_admin_url, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
