@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
+
+from agetool.benchmarks.procfs import free_port, process_cpu_s, process_status_mb
 
 MODES = ("per_frame", "budget")
 FRAMES_PER_PLACEMENT = 15  # three seconds at 5 fps
@@ -91,31 +92,6 @@ def _config(model_path: Path, detector_path: Path | str | None, mode: str, fps: 
     from agetool.edge_runtime.config import parse_config
 
     return parse_config(_config_dict(model_path, detector_path, mode, fps, threads, state))
-
-
-def _process_status_mb(pid: int) -> tuple[float | None, float | None]:
-    """(VmRSS, VmHWM) of a process, in MB."""
-    values: dict[str, float] = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key = line.split(":")[0]
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = round(int(line.split()[1]) / 1024.0, 1)
-    except OSError:
-        return None, None
-    return values.get("VmRSS"), values.get("VmHWM")
-
-
-def _process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _get_json(url: str) -> object:
@@ -186,7 +162,7 @@ def measure_daemon_lane(
         scene.mkdir()
         for index, jpeg in enumerate(jpegs):
             (scene / f"frame{index:04d}.jpg").write_bytes(jpeg)
-        port = _free_port()
+        port = free_port()
         config_path = state / "daemon.yaml"
         config_path.write_text(yaml.safe_dump(
             _config_dict(model_path, detector_path, mode, fps, threads, state, source=str(scene), port=port)
@@ -197,10 +173,11 @@ def measure_daemon_lane(
                                        stdout=log_file, stderr=subprocess.STDOUT)
             try:
                 ready = _wait_ready(process, base, ready_timeout_s)
-                cpu0, wall0 = _process_cpu_s(process.pid), time.monotonic()
+                cpu0, wall0 = process_cpu_s(process.pid), time.monotonic()
                 time.sleep(seconds)
-                cpu_s, wall_s = _process_cpu_s(process.pid) - cpu0, time.monotonic() - wall0
-                rss_mb, peak_rss_mb = _process_status_mb(process.pid)
+                cpu_s, wall_s = process_cpu_s(process.pid) - cpu0, time.monotonic() - wall0
+                rss_mb = process_status_mb(process.pid, "VmRSS")
+                peak_rss_mb = process_status_mb(process.pid, "VmHWM")
                 lane = _get_json(base + "/v1/lanes/bench")
                 inference_ms = _mean_inference_ms(base)
             finally:
@@ -244,9 +221,6 @@ def _prepared(model_path, detector_path, mode, fps, threads, state: Path):
 
 
 if __name__ == "__main__":  # python -m agetool.benchmarks.daemon_lane [MODEL] [SECONDS] [MODE]
-    import json
-    import sys
-
     from agetool.paths import default_model_path
 
     model = Path(sys.argv[1]) if len(sys.argv) > 1 else default_model_path()

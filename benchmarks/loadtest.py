@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from agetool.benchmarks.procfs import free_port, process_status_mb
 
 # One cycle of the request mix: 3 x current, 1 x check, 1 x metrics.
 MIX = ("current", "current", "check", "current", "metrics")
@@ -56,19 +57,12 @@ class DaemonUnderTest:
     rss_samples_mb: list[tuple[float, float]] = field(default_factory=list)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def rss_mb(pid: int) -> float:
     """Resident set size of a process from /proc (Linux), in MB."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    rss = process_status_mb(pid, "VmRSS")
+    if rss is None:
+        raise RuntimeError(f"no VmRSS for pid {pid}")
+    return rss
 
 
 def percentile(values: list[float], pct: float) -> float | None:
