@@ -120,7 +120,7 @@ def run_pipeline(
 
     from agetool.edge_runtime.config import DetectorConfig, ModelConfig, PolicyConfig, TrackingConfig
     from agetool.edge_runtime.decide import decide
-    from agetool.edge_runtime.detect import choose_face, make_detector
+    from agetool.edge_runtime.detect import choose_face, detector_backend, make_detector
     from agetool.edge_runtime.face_pipeline import FaceAgePipeline
     from agetool.edge_runtime.pipeline import load_model
     from agetool.edge_runtime.track import LaneTracker
@@ -129,7 +129,9 @@ def run_pipeline(
     model_config = ModelConfig(path=model_path, providers="cpu", intra_op_threads=threads)
     model = load_model(model_path, "cpu", model_config.resolved_threads(), runtime="onnxruntime")
     detector_config = DetectorConfig(path=detector_path)
-    detector = make_detector(detector_path, detector_config.score_threshold, detector_config.min_face_px)
+    detector = make_detector(detector_path, detector_config.score_threshold, detector_config.min_face_px,
+                             backend=detector_backend(detector_config.backend, model.runtime),
+                             threads=model_config.resolved_threads())
     pipeline = FaceAgePipeline(detector, model)
     tracking = TrackingConfig()
     tracker = LaneTracker(

@@ -29,7 +29,7 @@ from agetool.edge_runtime.band_tag import tag_band
 from agetool.edge_runtime.compliance import VIOLATION, CheckLedger, ComplianceRules, evaluate
 from agetool.edge_runtime.config import DaemonConfig, LaneConfig
 from agetool.edge_runtime.decide import Decision, decide
-from agetool.edge_runtime.detect import FaceBox, FaceDetector, FrameChangeGate, choose_face, make_detector
+from agetool.edge_runtime.detect import FaceBox, FaceDetector, FrameChangeGate, choose_face, detector_backend, make_detector
 from agetool.edge_runtime.events import EventSink
 from agetool.edge_runtime.pos_schema import ReceiptIn
 from agetool.edge_runtime.sources import DropOldestQueue, Frame, LaneReader, Watchdog, mask_url
@@ -189,18 +189,19 @@ class Daemon:
             else f"uncertainty at least {self.model_mae_years:.1f} years",
         )
         detector_path = "haar" if cfg.detector.is_haar() else cfg.detector.resolved_path()
-        for index, lane_cfg in enumerate(cfg.lanes):
+        # One detector for every lane: all lanes are detected on the processing thread, one at a time.
+        detector = make_detector(
+            detector_path, cfg.detector.score_threshold, cfg.detector.min_face_px, cfg.detector.detect_max_side,
+            detector_backend(cfg.detector.backend, self.model.runtime), cfg.model.resolved_threads(),
+        )
+        self.pipeline = FaceAgePipeline(detector, self.model)
+        for lane_cfg in cfg.lanes:
             queue = DropOldestQueue(cfg.capture.queue_size, self._wake)
             reader = LaneReader(
                 lane_cfg.name, lane_cfg.source, lane_cfg.fps, queue,
                 cfg.capture.reopen_backoff_initial_s, cfg.capture.reopen_backoff_max_s,
                 on_status=self._on_lane_status,
             )
-            detector = (make_detector if index == 0 else FaceDetector)(
-                detector_path, cfg.detector.score_threshold, cfg.detector.min_face_px, cfg.detector.detect_max_side
-            )
-            if index == 0:
-                self.pipeline = FaceAgePipeline(detector, self.model)
             tracker = LaneTracker(
                 cfg.tracking.iou_threshold, cfg.tracking.smoothing_window, cfg.tracking.track_timeout_s,
                 self.model_mae_years, interval_scale,
@@ -529,6 +530,10 @@ class Daemon:
             "frame_to_decision_ms": lane.latency_percentiles_ms(),
         }
 
+    def _detector_details(self) -> dict[str, Any] | None:
+        detector = self.pipeline.detector if self.pipeline is not None else None
+        return None if detector is None else {"kind": detector.kind, "backend": detector.backend}
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when the model is loaded and every lane's source gives frames."""
         lanes = {name: lane.reader.state.online for name, lane in self.lanes.items()}
@@ -540,6 +545,7 @@ class Daemon:
             "model": {"ready": model_ready, "path": str(self.config.model.resolved_path().name),
                       "provider": getattr(self.model, "provider", None),
                       "runtime": getattr(self.model, "runtime", None)},
+            "detector": self._detector_details(),
             "lanes": lanes,
         }
         return details["ready"], details

@@ -60,11 +60,13 @@ SMALLEST_DETECTABLE_PX = 32
 
 
 class FaceDetector:
-    """One detector instance per thread: cv2 detectors are not safe to share across threads.
+    """One detector instance per thread: cv2 detectors and runtime sessions used this way are not
+    safe to share across threads.
 
     `yunet_path`: a YuNet .onnx, or "haar" for OpenCV's Haar cascade. `detect_max_side`: detect on
     the frame shrunk so its longer side is at most this many pixels (a face at a till is large),
-    and map boxes and landmarks back to the full frame; None detects at full size."""
+    and map boxes and landmarks back to the full frame; None detects at full size. `backend`: what
+    runs YuNet (opencv, onnxruntime, openvino: the same faces within 1e-4 px, see yunet.py)."""
 
     def __init__(
         self,
@@ -72,17 +74,17 @@ class FaceDetector:
         score_threshold: float = 0.7,
         min_face_px: int = 40,
         detect_max_side: int | None = None,
+        backend: str = "opencv",
+        threads: int | None = None,
     ) -> None:
         import cv2
 
+        from agetool.edge_runtime.yunet import YuNet
         from agetool.paths import default_detector_path
 
         self.min_face_px = min_face_px
         self.score_threshold = score_threshold
         self.detect_max_side = detect_max_side
-        # One YuNet per input size (the coarse and the fine pass): resizing one detector's input
-        # on every switch cost 1.5-5 ms a call here.
-        self._yunet_by_size: dict[tuple[int, int], object] = {}
         self.passes_run = 0  # detection passes of the last detect() call (1 coarse, 2 coarse + fine)
         if yunet_path is None:
             yunet_path = default_detector_path()
@@ -90,13 +92,11 @@ class FaceDetector:
             yunet_path = Path(yunet_path)
             if not Path(yunet_path).is_file():
                 raise AgetoolError(f"detector {yunet_path}: file not found (a YuNet .onnx was expected)")
-            try:
-                self._yunet = cv2.FaceDetectorYN.create(str(yunet_path), "", (320, 320), score_threshold, 0.3, 50)
-            except cv2.error:
-                raise AgetoolError(f"detector {yunet_path}: not a loadable YuNet model") from None
+            self._yunet = YuNet(yunet_path, backend, score_threshold, threads)
             self._haar = None
             self.kind = "yunet"
             self.source = str(yunet_path)
+            self.backend = backend
         else:
             cascade = Path(cv2.data.haarcascades) / HAAR_FILE
             self._haar = cv2.CascadeClassifier(str(cascade))
@@ -108,6 +108,7 @@ class FaceDetector:
             self._yunet = None
             self.kind = HAAR
             self.source = HAAR
+            self.backend = "opencv"
 
     def detect(self, bgr: np.ndarray) -> list[FaceBox]:
         """Faces in a BGR frame (full-frame pixels), at least min_face_px on the shorter side.
@@ -145,20 +146,7 @@ class FaceDetector:
         return [f for f in faces if min(f.w, f.h) >= self.min_face_px]
 
     def _detect_yunet(self, bgr: np.ndarray) -> list[FaceBox]:
-        import cv2
-
-        h, w = bgr.shape[:2]
-        yunet = self._yunet_by_size.get((w, h))
-        if yunet is None:
-            if len(self._yunet_by_size) >= 2:  # the camera's frame size changed: start over
-                self._yunet_by_size.clear()
-            yunet = (self._yunet if not self._yunet_by_size
-                     else cv2.FaceDetectorYN.create(self.source, "", (w, h), self.score_threshold, 0.3, 50))
-            yunet.setInputSize((w, h))
-            self._yunet_by_size[(w, h)] = yunet
-        _, found = yunet.detect(bgr)
-        if found is None:
-            return []
+        found = self._yunet.detect(bgr)
         # YuNet rows: x, y, w, h, five (x, y) landmarks, score
         return [
             FaceBox(float(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[-1]),
@@ -183,19 +171,29 @@ class FaceDetector:
 HAAR_TO_YUNET_SIDE = 1.09
 
 
+def detector_backend(requested: str, model_runtime: str | None) -> str:
+    """`auto`: YuNet runs on the runtime the age model already loaded (faster than OpenCV's DNN
+    module, and no second network library in memory); OpenCV where the model runs on neither."""
+    if requested != "auto":
+        return requested
+    return model_runtime if model_runtime in ("onnxruntime", "openvino") else "opencv"
+
+
 def make_detector(
     yunet_path: Path | str | None,
     score_threshold: float = 0.7,
     min_face_px: int = 40,
     detect_max_side: int | None = None,
+    backend: str = "opencv",
+    threads: int | None = None,
 ) -> FaceDetector:
     """YuNet (the given file, else $AGETOOL_DETECTOR, else the shipped one), or Haar when asked for
     by name; the choice is logged once."""
-    detector = FaceDetector(yunet_path, score_threshold, min_face_px, detect_max_side)
+    detector = FaceDetector(yunet_path, score_threshold, min_face_px, detect_max_side, backend, threads)
     if detector.kind == HAAR:
         log.info("face detector: OpenCV's Haar cascade (asked for; it misses turned and small faces)")
     else:
-        log.info("face detector: YuNet %s", detector.source)
+        log.info("face detector: YuNet %s on %s", detector.source, detector.backend)
     return detector
 
 

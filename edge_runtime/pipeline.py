@@ -135,7 +135,7 @@ def run_source(
 ) -> int:
     """`agetool run`: one JSON line per face to `out` for an image, folder, video or camera
     (read once through), or for the demo portrait. Returns the number of faces written."""
-    from agetool.edge_runtime.detect import make_detector
+    from agetool.edge_runtime.detect import detector_backend, make_detector
     from agetool.edge_runtime.face_pipeline import FaceAgePipeline
     from agetool.edge_runtime.sources import iter_frames, mask_url
 
@@ -143,7 +143,7 @@ def run_source(
         raise AgetoolError("run: give either a SOURCE or --demo")
     policy_config = _policy(policy_age_years, buffer_years)
     model = load_model(model_path, providers, runtime=runtime)
-    pipeline = FaceAgePipeline(make_detector(detector_path), model)
+    pipeline = FaceAgePipeline(make_detector(detector_path, backend=detector_backend("auto", model.runtime)), model)
     policy = policy_config.to_policy(model.metadata.id_check_buffer_years)
     frames: Iterable[tuple[int, str, np.ndarray]]
     if demo:

@@ -25,6 +25,7 @@ from agetool.edge_runtime.infer import OnnxAgeModel, open_age_model
 from agetool.edge_runtime.pipeline import analyse_frame
 from agetool.edge_runtime.track import LaneTracker, smooth
 from agetool.errors import AgetoolError
+from test_runtime_units import astronaut_bgr
 from conftest import YUNET, build_tiny_age_onnx
 
 AGETOOL = [sys.executable, "-m", "agetool.cli"]
@@ -402,3 +403,23 @@ def test_serve_config_runtime_openvino_runs_the_daemons_model_on_openvino(tmp_pa
     daemon.prepare()
     assert daemon.model.runtime == "openvino" and daemon.lanes["default"].detector.kind == "haar"
     assert daemon.pipeline.model.predict(np.zeros((2, 32, 32, 3), np.float32)) == pytest.approx([5.0, 5.0], abs=1e-3)
+
+
+@pytest.mark.parametrize("runtime, backend, expected", [
+    ("onnxruntime", "auto", "onnxruntime"), ("openvino", "auto", "openvino"), ("onnxruntime", "opencv", "opencv")])
+def test_the_daemon_runs_yunet_on_the_age_models_runtime_unless_told(tmp_path, tiny_onnx_model, runtime, backend,
+                                                                     expected):
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+    from agetool.edge_runtime.config import build_serve_config
+    from agetool.edge_runtime.daemon import Daemon
+
+    config = build_serve_config(None, str(tmp_path / "unused.png"), model=tiny_onnx_model, runtime=runtime)
+    config = config.model_copy(update={
+        "analytics": config.analytics.model_copy(update={"sqlite_path": tmp_path / "a.sqlite"}),
+        "detector": config.detector.model_copy(update={"backend": backend})})
+    daemon = Daemon(config)
+    daemon.prepare()
+    assert daemon.readiness()[1]["detector"] == {"kind": "yunet", "backend": expected}
+    [face] = daemon.lanes["default"].detector.detect(cv2.resize(astronaut_bgr(), (640, 640)))
+    assert 80 < face.w < 200  # the astronaut's face, found on the coarse pass and mapped back to 640 px
