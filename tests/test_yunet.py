@@ -96,3 +96,11 @@ def test_auto_runs_yunet_on_the_age_model_runtime() -> None:
     assert detector_backend("auto", "openvino") == "openvino"
     assert detector_backend("auto", "keras") == "opencv"
     assert detector_backend("opencv", "onnxruntime") == "opencv"
+
+
+def test_onnxruntime_gives_the_same_faces_after_a_larger_input_shrank_its_arena() -> None:
+    yunet = YuNet(default_detector_path(), "onnxruntime", threads=1)
+    small, large = cv2.resize(two_faces(), (320, 173)), cv2.resize(two_faces(), (640, 346))
+    first = yunet.detect(small)
+    np.testing.assert_allclose(yunet.detect(large), reference_rows(large, default_detector_path()), atol=2e-3)
+    np.testing.assert_array_equal(yunet.detect(small), first)
