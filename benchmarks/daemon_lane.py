@@ -39,6 +39,7 @@ NOISE_STD = 3.0
 class DaemonLaneResult(BaseModel):
     mode: str
     runtime: str
+    detector_backend: str | None = Field(None, description="what ran YuNet, from its /readyz")
     fps: float
     seconds: float
     frames_offered: int
@@ -71,16 +72,22 @@ def scene_jpegs(seed: int = 11) -> list[bytes]:
 
 
 def _config_dict(model_path: Path, detector_path: Path | str | None, mode: str, fps: float, threads: int | None,
-                 state: Path, source: str = "bench://in-memory", port: int = 8080) -> dict:
+                 state: Path, source: str = "bench://in-memory", port: int = 8080, runtime: str | None = None,
+                 detector_backend: str | None = None) -> dict:
     detector: dict = {"path": str(detector_path)} if detector_path is not None else {}
     model: dict = {"path": str(model_path), "providers": "cpu"}
     tracking: dict = {}
     if threads:
         model["intra_op_threads"] = threads
-    if mode == "per_frame":
+    if mode == "per_frame":  # the daemon before its CPU budget, whatever is asked for the budget mode
         model["runtime"] = "onnxruntime"
-        detector.update(detect_max_side=None, skip_unchanged_frames=False)
+        detector.update(detect_max_side=None, skip_unchanged_frames=False, backend="opencv")
         tracking["settled_estimates"] = 0
+    else:
+        if runtime:
+            model["runtime"] = runtime
+        if detector_backend:
+            detector["backend"] = detector_backend
     return {
         "lanes": [{"name": "bench", "source": source, "fps": fps}],
         "model": model, "detector": detector, "tracking": tracking, "api": {"host": "127.0.0.1", "port": port},
@@ -88,10 +95,12 @@ def _config_dict(model_path: Path, detector_path: Path | str | None, mode: str, 
     }
 
 
-def _config(model_path: Path, detector_path: Path | str | None, mode: str, fps: float, threads: int | None, state: Path):
+def _config(model_path: Path, detector_path: Path | str | None, mode: str, fps: float, threads: int | None, state: Path,
+            runtime: str | None = None, detector_backend: str | None = None):
     from agetool.edge_runtime.config import parse_config
 
-    return parse_config(_config_dict(model_path, detector_path, mode, fps, threads, state))
+    return parse_config(_config_dict(model_path, detector_path, mode, fps, threads, state,
+                                     runtime=runtime, detector_backend=detector_backend))
 
 
 def _get_json(url: str) -> object:
@@ -151,8 +160,11 @@ def measure_daemon_lane(
     fps: float = 5.0,
     threads: int | None = None,
     ready_timeout_s: float = 180.0,
+    runtime: str | None = None,
+    detector_backend: str | None = None,
 ) -> DaemonLaneResult:
-    """Start `agetool serve` on the scene, measure it for `seconds` after /readyz, stop it with SIGTERM."""
+    """Start `agetool serve` on the scene, measure it for `seconds` after /readyz, stop it with SIGTERM.
+    `runtime` / `detector_backend` override model.runtime / detector.backend in the budget mode."""
     import yaml
 
     jpegs = scene_jpegs()
@@ -165,7 +177,8 @@ def measure_daemon_lane(
         port = free_port()
         config_path = state / "daemon.yaml"
         config_path.write_text(yaml.safe_dump(
-            _config_dict(model_path, detector_path, mode, fps, threads, state, source=str(scene), port=port)
+            _config_dict(model_path, detector_path, mode, fps, threads, state, source=str(scene), port=port,
+                         runtime=runtime, detector_backend=detector_backend)
         ))
         base = f"http://127.0.0.1:{port}"
         with open(state / "serve.log", "wb") as log_file:
@@ -190,6 +203,7 @@ def measure_daemon_lane(
         result = DaemonLaneResult(
             mode=mode,
             runtime=ready["model"]["runtime"],
+            detector_backend=(ready.get("detector") or {}).get("backend"),
             fps=fps,
             seconds=round(wall_s, 1),
             frames_offered=lane["frames_read"],
@@ -203,7 +217,8 @@ def measure_daemon_lane(
             inference_ms_mean=inference_ms,
         )
         # decisions of this mode and of per_frame over the same frames, one by one, in this process (not timed)
-        ours = _decisions(_prepared(model_path, detector_path, mode, fps, threads, state), jpegs, fps)
+        ours = _decisions(_prepared(model_path, detector_path, mode, fps, threads, state, runtime, detector_backend),
+                          jpegs, fps)
         reference = ours if mode == "per_frame" else _decisions(
             _prepared(model_path, detector_path, "per_frame", fps, threads, state), jpegs, fps
         )
@@ -212,19 +227,37 @@ def measure_daemon_lane(
         return result
 
 
-def _prepared(model_path, detector_path, mode, fps, threads, state: Path):
+def _prepared(model_path, detector_path, mode, fps, threads, state: Path, runtime=None, detector_backend=None):
     from agetool.edge_runtime.daemon import Daemon
 
-    daemon = Daemon(_config(model_path, detector_path, mode, fps, threads, state))
+    daemon = Daemon(_config(model_path, detector_path, mode, fps, threads, state, runtime, detector_backend))
     daemon.prepare()
     return daemon
 
 
-if __name__ == "__main__":  # python -m agetool.benchmarks.daemon_lane [MODEL] [SECONDS] [MODE]
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
     from agetool.paths import default_model_path
 
-    model = Path(sys.argv[1]) if len(sys.argv) > 1 else default_model_path()
-    seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 20.0
-    for mode in sys.argv[3:] or MODES:
-        print(json.dumps(measure_daemon_lane(model, None, mode, seconds).model_dump()), flush=True)
+    parser = argparse.ArgumentParser(prog="python -m agetool.benchmarks.daemon_lane", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", nargs="?", type=Path, default=None, help="age model .onnx (default: the shipped one)")
+    parser.add_argument("seconds", nargs="?", type=float, default=20.0, help="measuring window after /readyz")
+    parser.add_argument("modes", nargs="*", metavar="MODE", help=f"{' / '.join(MODES)} (default: both)")
+    parser.add_argument("--runtime", choices=["auto", "onnxruntime", "openvino"], default=None,
+                        help="model.runtime in the budget mode (default: the daemon's default, auto)")
+    parser.add_argument("--detector-backend", choices=["auto", "opencv", "onnxruntime", "openvino"], default=None,
+                        help="detector.backend in the budget mode (default: the daemon's default, auto)")
+    args = parser.parse_args(argv)
+    unknown = [mode for mode in args.modes if mode not in MODES]
+    if unknown:
+        parser.error(f"mode {unknown[0]!r}: expected one of {', '.join(MODES)}")
+    for mode in args.modes or MODES:
+        result = measure_daemon_lane(args.model or default_model_path(), None, mode, args.seconds,
+                                     runtime=args.runtime, detector_backend=args.detector_backend)
+        print(json.dumps(result.model_dump()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
     os._exit(0)  # skip interpreter teardown of the runtimes' thread pools
