@@ -3,6 +3,8 @@ transpose, checked on real tf2onnx exports and hand-built graphs in real ONNX Ru
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from agetool.contract import INPUT_NAME, OUTPUT_NAME
 from agetool.export import graph_passes
 from agetool.export.graph_passes import move_input_preprocessing_behind_layout
 
+REPO = Path(__file__).resolve().parents[1]
 INPUT_SIZE = 32
 CAFFE_MEAN_BGR = [103.939, 116.779, 123.68]
 
@@ -209,3 +212,49 @@ def test_rewritten_graph_gives_identical_outputs_and_leaves_nothing_stale(variat
     for before, after in zip(_ort_outputs(original, batch), _ort_outputs(proto, batch)):
         assert np.array_equal(before, after)
     assert move_input_preprocessing_behind_layout(proto) == 0  # nothing left to move
+
+
+def _tool(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """tools/optimize_onnx_preprocessing.py as a module (tools/ is not a package)."""
+    path = REPO / "tools" / "optimize_onnx_preprocessing.py"
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, path.stem, module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tool_rewrites_a_model_file_after_comparing_it_on_real_faces(
+    tmp_path: Path, small_face_folder: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnx
+    from onnx import helper
+
+    from agetool import __version__
+    from agetool.contract import ModelMetadata
+
+    proto = _graph()
+    proto.graph.output[0].name = OUTPUT_NAME
+    proto.graph.node[-1].output[0] = OUTPUT_NAME
+    del proto.metadata_props[:]
+    meta = ModelMetadata(agetool_version=__version__, input_size=8, backbone="tiny-test", variant="fp32")
+    helper.set_model_props(proto, meta.to_props())
+    folder = tmp_path / "models"
+    folder.mkdir()
+    source = folder / "model.onnx"
+    onnx.save(proto, str(source))
+    tool = _tool(monkeypatch)
+
+    assert tool.main([str(source), str(folder / "out.onnx"), "--faces", str(small_face_folder), "--n-faces", "10"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "onnxruntime: 28 images, max |before - after| age_years 0" in lines  # 8 + 8 + 2 random, 10 faces
+    written = onnx.load(str(folder / "out.onnx"))
+    assert [n.op_type for n in _readers_of(written, INPUT_NAME)] == ["Transpose"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "out.onnx"]  # no temp file left
+
+    assert tool.main([str(folder / "out.onnx"), "--faces", str(small_face_folder)]) == 0
+    assert "nothing written" in capsys.readouterr().out
+    (folder / "broken.onnx").write_bytes(b"not a model")
+    assert tool.main([str(folder / "broken.onnx"), "--faces", str(small_face_folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "broken.onnx: not an ONNX model" in err[0]
