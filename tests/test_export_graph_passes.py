@@ -56,13 +56,18 @@ def _trainer_style_keras(mode: str) -> Any:
     return keras.Model(inputs, age)
 
 
-@pytest.mark.parametrize(("mode", "channel_ops"), [("caffe", ["Gather", "Sub"]), ("tf", ["Mul", "Sub"])])
-def test_export_moves_the_trainers_preprocessing_behind_the_transpose(
-    mode: str, channel_ops: list[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """caffe (ResNet50, FaceRes MobileNet): Gather(-1, BGR) + Sub([3] means); tf (Xception):
-    x * (1/127.5) - 1. After conversion the image goes straight into the Transpose, and the
-    outputs equal those of the graph tf2onnx wrote, bit for bit."""
+def _ops_from(proto: Any, tensor: str, count: int) -> tuple[list[str], str]:
+    """The op types of the `count` nodes in a single-reader chain from `tensor`, and its end."""
+    ops = []
+    for _ in range(count):
+        (node,) = _readers_of(proto, tensor)
+        ops.append(node.op_type)
+        tensor = node.output[0]
+    return ops, tensor
+
+
+def _convert_keeping_a_copy(mode: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """convert_keras on a trainer-style model: (the graph as tf2onnx wrote it, the exported graph)."""
     from agetool.export import fp32
 
     as_converted: list[Any] = []
@@ -76,29 +81,35 @@ def test_export_moves_the_trainers_preprocessing_behind_the_transpose(
 
     monkeypatch.setattr(graph_passes, "move_input_preprocessing_behind_layout", keep_a_copy)
     proto = fp32.convert_keras(_trainer_style_keras(mode), INPUT_SIZE, 17)
-
     assert len(as_converted) == 1
-    before = as_converted[0]
-    assert [n.op_type for n in _readers_of(before, INPUT_NAME)] == channel_ops[:1]  # what tf2onnx writes
+    return as_converted[0], proto
+
+
+def test_export_moves_the_caffe_preprocessing_behind_the_transpose(monkeypatch: pytest.MonkeyPatch) -> None:
+    """caffe (ResNet50, the FaceRes MobileNet): tf2onnx writes Gather(-1, BGR) + Sub([3] means)
+    on the NHWC image; exported, the image goes straight into the Transpose, the two ops follow
+    on axis 1, and the outputs equal those of the graph tf2onnx wrote, bit for bit."""
+    before, proto = _convert_keeping_a_copy("caffe", monkeypatch)
+
+    assert _ops_from(before, INPUT_NAME, 3)[0] == ["Gather", "Sub", "Transpose"]
     (transpose,) = _readers_of(proto, INPUT_NAME)
     assert transpose.op_type == "Transpose" and list(transpose.attribute[0].ints) == [0, 3, 1, 2]
-    ops = []
-    tensor = transpose.output[0]
-    for _ in channel_ops:
-        (node,) = _readers_of(proto, tensor)
-        ops.append(node.op_type)
-        tensor = node.output[0]
-    assert ops == channel_ops
-    assert [n.op_type for n in _readers_of(proto, tensor)] == ["Conv"]
+    ops, end = _ops_from(proto, transpose.output[0], 3)
+    assert ops == ["Gather", "Sub", "Conv"]
     assert not [n for n in proto.graph.node if n.op_type == "Gather" and any(a.i in (-1, 3) for a in n.attribute)]
     assert [i.name for i in proto.graph.input] == [INPUT_NAME] and [o.name for o in proto.graph.output] == [OUTPUT_NAME]
-    tensors = {t for n in proto.graph.node for t in (*n.input, *n.output)}
-    assert {v.name for v in proto.graph.value_info} <= tensors  # no shape info left for the old names
 
     batch = _random_batch()
     (ages_before,), (ages_after,) = _ort_outputs(before, batch), _ort_outputs(proto, batch)
     assert ages_before.min() > 1.0  # a live ReLU head: the comparison means something
     assert np.array_equal(ages_before, ages_after)
+
+
+def test_export_leaves_scalar_preprocessing_where_tf2onnx_put_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tf (Xception): x * (1/127.5) - 1 costs the same in either layout: left alone."""
+    before, proto = _convert_keeping_a_copy("tf", monkeypatch)
+    assert _ops_from(proto, INPUT_NAME, 3)[0] == ["Mul", "Sub", "Transpose"]
+    assert proto.SerializeToString() == before.SerializeToString()
 
 
 def _graph(
@@ -108,6 +119,7 @@ def _graph(
     gather_also_read: bool = False,
     mean_first: bool = False,
     scale: float | None = None,
+    gather: bool = True,
 ) -> Any:
     """image (N, 8, 8, 3) -> Gather(-1, [2,1,0]) -> Sub(mean) [-> Mul(scale)] -> Transpose -> Conv
     -> mean -> pooled (N, 1), with the variations the pass must refuse or handle."""
@@ -115,16 +127,15 @@ def _graph(
     from onnx import TensorProto, helper, numpy_helper
 
     mean = np.array(CAFFE_MEAN_BGR, np.float32) if mean is None else mean
-    sub_inputs = ["mean", "bgr"] if mean_first else ["bgr", "mean"]
-    nodes = [
-        helper.make_node("Gather", [INPUT_NAME, "order"], ["bgr"], axis=-1),
-        helper.make_node("Sub", sub_inputs, ["centred"]),
-    ]
+    pixels = "bgr" if gather else INPUT_NAME
+    nodes = [helper.make_node("Gather", [INPUT_NAME, "order"], ["bgr"], axis=-1)] if gather else []
+    nodes.append(helper.make_node("Sub", ["mean", pixels] if mean_first else [pixels, "mean"], ["centred"]))
     last = "centred"
     initializers = [
-        numpy_helper.from_array(np.array([2, 1, 0], np.int64), "order"),
         numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.05, (2, 3, 3, 3)).astype(np.float32), "kernel"),
     ]
+    if gather:
+        initializers.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), "order"))
     if scale is not None:
         nodes.append(helper.make_node("Mul", ["centred", "scale"], ["scaled"]))
         initializers.append(numpy_helper.from_array(np.array(scale, np.float32), "scale"))
@@ -160,6 +171,7 @@ def _graph(
         {"mean_is_input": True},  # the mean is a graph input (overridable), not a constant
         {"mean": np.full((8, 1, 3), 100.0, np.float32)},  # a per-row, not per-channel, constant
         {"mean": np.array([1.0, 2.0], np.float32)},  # does not match the 3 channels
+        {"gather": False, "mean": np.array([127.5], np.float32), "scale": 0.5},  # nothing per channel
     ],
 )
 def test_graphs_the_pass_does_not_recognise_are_left_untouched(variation: dict) -> None:
@@ -184,6 +196,7 @@ def test_a_non_image_graph_is_left_untouched(tiny_onnx_model: Path) -> None:
         {},
         {"mean": np.array(CAFFE_MEAN_BGR, np.float32).reshape(1, 1, 1, 3), "mean_first": True, "scale": 0.017},
         {"mean": np.array([127.5], np.float32)},
+        {"gather": False},
     ],
 )
 def test_rewritten_graph_gives_identical_outputs_and_leaves_nothing_stale(variation: dict) -> None:
@@ -196,8 +209,9 @@ def test_rewritten_graph_gives_identical_outputs_and_leaves_nothing_stale(variat
 
     (transpose,) = _readers_of(proto, INPUT_NAME)
     assert transpose.op_type == "Transpose"
-    gather = next(n for n in proto.graph.node if n.op_type == "Gather")
-    assert gather.input[0] == transpose.output[0] and gather.attribute[0].i == 1
+    (first_op,) = _readers_of(proto, transpose.output[0])
+    assert first_op.op_type == ("Gather" if variation.get("gather", True) else "Sub")
+    assert all(n.attribute[0].i == 1 for n in proto.graph.node if n.op_type == "Gather")
     assert [n.op_type for n in _readers_of(proto, "nchw")] == ["Conv"]  # downstream names unchanged
     names = {t for n in proto.graph.node for t in (*n.input, *n.output)}
     assert {"bgr", "centred", "scaled"}.isdisjoint(names)
