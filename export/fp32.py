@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agetool.contract import INPUT_NAME, OUTPUT_NAME
+from agetool.export import graph_passes
 
 # The distribution head's second output: each face's own spread, in years.
 STD_OUTPUT_NAME = "age_std_years"
@@ -81,7 +82,10 @@ def convert_keras(model: Any, input_size: int, opset: int) -> Any:
     )
     # The TF graphs and tf2onnx's graph objects left behind are reference cycles too.
     gc.collect()
-    return name_io(proto)
+    proto = name_io(proto)
+    # Here, so that the FP16 and INT8 files (built from this proto) get it too.
+    graph_passes.move_input_preprocessing_behind_layout(proto)
+    return proto
 
 
 # A collection in a process holding TensorFlow takes ~0.17 s here and tf2onnx runs ~28 passes (~5 s
