@@ -99,8 +99,8 @@ class DetectorConfig(Section):
     )
     backend: Literal["auto", "opencv", "onnxruntime", "openvino"] = Field(
         "auto",
-        description="What runs YuNet: auto = the runtime the age model runs on (2-3x faster than OpenCV's DNN "
-        "module; the same faces within 1e-4 px); opencv = OpenCV's DNN module.",
+        description="What runs YuNet (the same faces within 1e-4 px): auto = ONNX Runtime when the age model "
+        "runs there (2.3x faster than OpenCV's DNN module), else OpenCV's DNN module; or name one.",
     )
 
     def resolved_path(self) -> Path | None:

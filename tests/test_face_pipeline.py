@@ -406,8 +406,9 @@ def test_serve_config_runtime_openvino_runs_the_daemons_model_on_openvino(tmp_pa
 
 
 @pytest.mark.parametrize("runtime, backend, expected", [
-    ("onnxruntime", "auto", "onnxruntime"), ("openvino", "auto", "openvino"), ("onnxruntime", "opencv", "opencv")])
-def test_the_daemon_runs_yunet_on_the_age_models_runtime_unless_told(tmp_path, tiny_onnx_model, runtime, backend,
+    ("onnxruntime", "auto", "onnxruntime"), ("openvino", "auto", "opencv"), ("openvino", "openvino", "openvino"),
+    ("onnxruntime", "opencv", "opencv")])
+def test_the_daemon_runs_yunet_where_detector_backend_says(tmp_path, tiny_onnx_model, runtime, backend,
                                                                      expected):
     if runtime == "openvino":
         pytest.importorskip("openvino")

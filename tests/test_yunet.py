@@ -91,9 +91,10 @@ def test_a_file_that_is_not_yunet_is_one_clear_error(tmp_path: Path, tiny_onnx_m
         YuNet(default_detector_path(), "tensorflow")
 
 
-def test_auto_runs_yunet_on_the_age_model_runtime() -> None:
+def test_auto_runs_yunet_on_onnxruntime_beside_an_onnxruntime_model_else_on_opencv() -> None:
     assert detector_backend("auto", "onnxruntime") == "onnxruntime"
-    assert detector_backend("auto", "openvino") == "openvino"
+    assert detector_backend("auto", "openvino") == "opencv"
+    assert detector_backend("openvino", "openvino") == "openvino"
     assert detector_backend("auto", "keras") == "opencv"
     assert detector_backend("opencv", "onnxruntime") == "opencv"
 
