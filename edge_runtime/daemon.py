@@ -37,7 +37,7 @@ from agetool.edge_runtime.store import AnalyticsStore, ReceiptConflict, StoredRe
 from agetool.edge_runtime.track import LaneTracker, model_interval_scale, model_uncertainty_years
 from agetool.errors import ConfigError
 
-from agetool.edge_runtime.memory import TRIM_INTERVAL_S, release_free_heap, tune_malloc_for_long_run
+from agetool.edge_runtime.memory import FIRST_TRIM_S, TRIM_INTERVAL_S, release_free_heap, tune_malloc_for_long_run
 
 log = logging.getLogger(__name__)
 
@@ -327,8 +327,9 @@ class Daemon:
         # The runtimes set up per-thread state on a thread's first inference (OpenVINO: ~30 ms on
         # the first frame with a face); pay it here, before the first shopper, not on their frame.
         self.model.warm_up()
-        release_free_heap()
-        trimmed_s = time.monotonic()
+        # The first trim a few seconds in, once start-up (API, readers, first frames) has freed
+        # what it will; then every TRIM_INTERVAL_S.
+        trimmed_s = time.monotonic() - TRIM_INTERVAL_S + FIRST_TRIM_S
         while not self._stop.is_set():
             self._wake.wait(0.1)
             self._wake.clear()

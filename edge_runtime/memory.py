@@ -6,8 +6,10 @@ By default glibc gives every thread its own heap arena (up to 8 per core); the d
 and 169 -> 166 MB (per-frame detection) at the same CPU. Also tried and left out: a 1 MB trim
 threshold and a fixed 256 KB mmap threshold save ~10 MB more but cost 45-55 % more CPU on
 per-frame detection (freed pages are handed back and faulted in again for every frame). A
-malloc_trim after warm-up and every 30 s instead costs nothing per frame and took RSS 155.3 ->
-153.4 MB (ONNX Runtime, YuNet on ONNX Runtime, 40 s window, 2026-12-02)."""
+malloc_trim off the frame path instead (5 s after warm-up, then every 30 s) costs nothing per
+frame: with ONNX Runtime, RSS went from its start-up peak of 163 MB to 139 MB by the end of a 30 s
+window, two runs of `python -m agetool.benchmarks.daemon_lane MODEL 30 budget --runtime
+onnxruntime` (2026-12-02); with OpenVINO, whose memory is its live compiled model, 204 -> 202 MB."""
 
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ def release_free_heap() -> bool:
 
 
 TRIM_INTERVAL_S = 30.0
+FIRST_TRIM_S = 5.0
 
 
 def tune_malloc_for_long_run() -> bool:
