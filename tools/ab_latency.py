@@ -23,14 +23,12 @@ import numpy as np
 def _face_batch(face: Path | None, size: int) -> np.ndarray:
     if face is None:
         return np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
-    import cv2
+    from agetool.trainer.data import load_faces
 
-    from agetool.contract import preprocess_rgb
-
-    bgr = cv2.imread(str(face), cv2.IMREAD_COLOR)
-    if bgr is None:
+    images, readable, _ = load_faces([face], size)
+    if not readable[0]:
         raise SystemExit(f"error: --face {face}: not a readable image")
-    return preprocess_rgb(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)[None]
+    return images[:1].astype(np.float32)
 
 
 def _open(path: Path, runtime: str, threads: int):
