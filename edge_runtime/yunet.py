@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -110,6 +110,21 @@ def _open(path: Path, backend: str, threads: int | None) -> Callable[[np.ndarray
         raise AgetoolError(f"detector {path}: not a loadable YuNet model ({first_line})") from None
 
 
+def _per_input_size(build: Callable[[tuple[int, ...]], Any]) -> Callable[[tuple[int, ...]], Any]:
+    """A runner per input shape, built on first use; at most two (the coarse and the fine pass):
+    a third size means the camera's frame size changed, so start over."""
+    built: dict[tuple[int, ...], Any] = {}
+
+    def runner(shape: tuple[int, ...]) -> Any:
+        if shape not in built:
+            if len(built) >= 2:
+                built.clear()
+            built[shape] = build(shape)
+        return built[shape]
+
+    return runner
+
+
 def _check_outputs(path: Path, names: list[str]) -> None:
     missing = [name for name in OUTPUT_NAMES if name not in names]
     if missing:
@@ -119,19 +134,13 @@ def _check_outputs(path: Path, names: list[str]) -> None:
 def _opencv_forward(path: Path, threads: int | None) -> Callable[[np.ndarray], Outputs]:
     import cv2
 
-    net = cv2.dnn.readNetFromONNX(str(path))
-    _check_outputs(path, list(net.getUnconnectedOutLayersNames()))
+    _check_outputs(path, list(cv2.dnn.readNetFromONNX(str(path)).getUnconnectedOutLayersNames()))
     # One network per input size: reshaping one network on every switch between the coarse and
     # the fine pass cost 1.5-5 ms a call.
-    nets: dict[tuple[int, ...], object] = {}
+    net_for = _per_input_size(lambda shape: cv2.dnn.readNetFromONNX(str(path)))
 
     def forward(blob: np.ndarray) -> Outputs:
-        sized = nets.get(blob.shape)
-        if sized is None:
-            if len(nets) >= 2:  # the camera's frame size changed: start over
-                nets.clear()
-            sized = net if not nets else cv2.dnn.readNetFromONNX(str(path))
-            nets[blob.shape] = sized
+        sized = net_for(blob.shape)
         sized.setInput(blob)
         return dict(zip(OUTPUT_NAMES, sized.forward(list(OUTPUT_NAMES))))
 
@@ -183,18 +192,16 @@ def _openvino_forward(path: Path, threads: int | None) -> Callable[[np.ndarray],
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = str(threads)
+    def compiled(shape: tuple[int, ...]):
+        sized = model.clone()
+        sized.reshape(list(shape))
+        return core.compile_model(sized, "CPU", config).create_infer_request()
+
     # Static shapes, one compiled model per input size (OpenVINO's CPU plugin is fastest with them).
-    requests: dict[tuple[int, ...], object] = {}
+    request_for = _per_input_size(compiled)
 
     def forward(blob: np.ndarray) -> Outputs:
-        request = requests.get(blob.shape)
-        if request is None:
-            if len(requests) >= 2:
-                requests.clear()
-            sized = model.clone()
-            sized.reshape(list(blob.shape))
-            request = core.compile_model(sized, "CPU", config).create_infer_request()
-            requests[blob.shape] = request
+        request = request_for(blob.shape)
         request.infer({0: blob})
         return {name: request.get_output_tensor(at).data for name, at in position.items()}
 
