@@ -590,7 +590,7 @@ def evaluate_detect(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from agetool.edge_runtime.detect import choose_face, make_detector
+    from agetool.edge_runtime.detect import choose_face, detector_backend, make_detector
     from agetool.edge_runtime.face_pipeline import FaceAgePipeline, jitter_face
 
     if not 0 <= jitter <= 0.5:
@@ -601,7 +601,8 @@ def evaluate_detect(
         raise AgetoolError(f"--detect: model {model_path}: needs an .onnx (its metadata says how to crop)")
     started = time.monotonic()
     model, info = open_model(model_path, providers, runtime)
-    pipeline = FaceAgePipeline(make_detector(detector), model)
+    # The detector runs where the daemon would run it beside this model, so the figures are the till's.
+    pipeline = FaceAgePipeline(make_detector(detector, backend=detector_backend("auto", model.runtime)), model)
     rng = np.random.default_rng(seed)
     n_rows = len(rows)
     estimates = np.full(n_rows, np.nan)
